@@ -1,0 +1,147 @@
+"""The ``edgeseg`` command: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Train, compress, export and run small fast segmentation models.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: the label doctor and list files.")
+app.add_typer(data_app, name="data")
+out = Console(highlight=False)
+
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def print_metrics(result: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    table.add_column("acc %", justify="right")
+    for name, iou in result["per_class_iou"].items():
+        table.add_row(name, _pct(iou), _pct(result["per_class_acc"][name]))
+    table.add_section()
+    table.add_row("mIoU", _pct(result["miou"]), _pct(result["mean_acc"]))
+    table.add_row("pixel acc", _pct(result["pixel_acc"]), "")
+    out.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    data: str = typer.Option(..., "--data", help="dataset spec, e.g. camvid:PATH or synthetic"),
+    split: str = typer.Option("val", "--split"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    device: str = DeviceOption,
+) -> None:
+    """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU)."""
+    from edgeseg.data.spec import open_dataset
+    from edgeseg.evaluate import evaluate
+    from edgeseg.fileio import atomic_write_json
+    from edgeseg.inference import load_predictor
+    from edgeseg.runtime import resolve_device
+
+    predictor = load_predictor(model, resolve_device(device))
+    result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
+    result["model"] = str(model)
+    result["data"] = data
+    print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
+    if json_file:
+        atomic_write_json(json_file, result)
+
+
+@app.command("predict")
+def predict_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    sources: List[str] = typer.Argument(..., help="images, folders, glob patterns or list files"),
+    out_dir: Path = typer.Option(Path("predictions"), "--out", help="output folder"),
+    with_overlay: bool = typer.Option(False, "--overlay", help="also write colour overlays"),
+    device: str = DeviceOption,
+) -> None:
+    """Write a paletted label PNG (and optionally an overlay) for every input image."""
+    from edgeseg.inference import load_predictor
+    from edgeseg.predict import expand_sources, predict_images
+    from edgeseg.runtime import resolve_device
+
+    predictor = load_predictor(model, resolve_device(device))
+    results = predict_images(predictor, expand_sources(sources), out_dir, with_overlay)
+    times = sorted(r.milliseconds for r in results)
+    out.print(f"wrote {len(results)} label maps to {out_dir} "
+              f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
+
+
+@data_app.command("check")
+def data_check(
+    spec: str = typer.Argument(..., help="dataset spec: camvid:PATH, voc:PATH, folder:PATH, list:FILE, synthetic, x.yaml"),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="split(s) to check (default: all)"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    show: int = typer.Option(20, "--show", help="problems listed per split"),
+) -> None:
+    """The label doctor: class shares, suggested class weights and every problem found."""
+    from edgeseg.data.doctor import check_dataset
+    from edgeseg.data.spec import open_source
+    from edgeseg.reports import doctor_json, print_doctor
+
+    report = check_dataset(open_source(spec), split or None)
+    print_doctor(report, out, show)
+    if json_file:
+        from edgeseg.fileio import atomic_write_json
+
+        atomic_write_json(json_file, doctor_json(report))
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@data_app.command("lists")
+def data_lists(
+    kind: str = typer.Argument(..., help="dataset layout (cityscapes)"),
+    root: Path = typer.Argument(..., help="dataset root"),
+    out_dir: Path = typer.Option(Path("."), "--out", help="where to write the list files"),
+) -> None:
+    """Write image and label list files per split, as caffe-jacinto's list script did."""
+    from edgeseg.data.lists import write_lists
+
+    for path in write_lists(kind, root, out_dir):
+        out.print(f"wrote {path}")
+
+
+@app.command("demo")
+def demo_command(out_dir: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
+    """Run the pipeline on the built-in synthetic street scenes."""
+    from edgeseg.demo import run_demo
+
+    run_demo(out_dir, out)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the edgeseg version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    """Console entry point: user errors print one line to stderr and exit 2."""
+    try:
+        app()
+    except EdgesegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

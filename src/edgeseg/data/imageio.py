@@ -1,0 +1,180 @@
+"""Reading images and label maps, with one-line errors that name the file.
+
+A label file is read in two steps: ``read_label_raw`` returns its raw values (palette
+indices, grey levels or RGB colours) and a ``LabelCoding`` maps them to train ids,
+refusing values outside the class set rather than silently ignoring them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgeseg.data.classes import IGNORE_INDEX
+from edgeseg.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
+INVALID = -1
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+        return img
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: truncated or corrupt image ({reason})") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array."""
+    img = open_image(Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img)
+
+
+@dataclass(frozen=True)
+class RawLabel:
+    """A label file as stored: ``values`` (H, W) ints, or ``rgb`` (H, W, 3) colours."""
+
+    mode: str
+    values: np.ndarray | None
+    rgb: np.ndarray | None
+    palette: tuple[int, ...] | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        array = self.values if self.values is not None else self.rgb
+        return int(array.shape[0]), int(array.shape[1])
+
+
+def read_label_raw(path: str | Path) -> RawLabel:
+    """Decode a label file without interpreting it."""
+    img = open_image(Path(path))
+    mode = img.mode
+    if mode in ("P", "L", "1"):
+        palette = tuple(img.getpalette() or ()) if mode == "P" else None
+        return RawLabel(mode, np.asarray(img, dtype=np.uint8) if mode == "1" else np.asarray(img), None, palette)
+    if mode in ("I", "I;16", "I;16B", "I;16L"):
+        return RawLabel(mode, np.asarray(img).astype(np.int32), None, None)
+    if mode in ("LA", "PA"):
+        return RawLabel(mode, np.asarray(img)[..., 0], None, None)
+    rgb = np.asarray(img.convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return RawLabel(mode, rgb[..., 0].copy(), None, None)
+    return RawLabel(mode, None, rgb, None)
+
+
+def _colour_keys(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+@dataclass(frozen=True)
+class LabelCoding:
+    """How raw label values become train ids (0..C-1, 255 = ignore).
+
+    ``lut[v]`` is the train id of raw value ``v``, ``IGNORE_INDEX`` for void values and
+    ``INVALID`` for values that should not occur. ``colours`` (K, 3) with ``colour_values``
+    (K,) first turn RGB masks into raw values.
+    """
+
+    lut: np.ndarray
+    colours: np.ndarray | None = None
+    colour_values: np.ndarray | None = None
+
+    @classmethod
+    def identity(cls, num_classes: int, void_values: tuple[int, ...] = (IGNORE_INDEX,)) -> "LabelCoding":
+        """Raw value = train id for 0..C-1; ``void_values`` are ignored; anything else is invalid."""
+        lut = np.full(256, INVALID, dtype=np.int16)
+        lut[:num_classes] = np.arange(num_classes)
+        for value in void_values:
+            lut[value] = IGNORE_INDEX
+        return cls(lut)
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[int, int]) -> "LabelCoding":
+        """Explicit raw -> train id mapping; values not in ``mapping`` are invalid."""
+        lut = np.full(256, INVALID, dtype=np.int16)
+        for raw, train_id in mapping.items():
+            lut[raw] = train_id
+        return cls(lut)
+
+    def with_colours(self, colours: list[tuple[int, int, int]], values: list[int]) -> "LabelCoding":
+        """The same coding, also accepting RGB masks whose colour i stands for ``values[i]``."""
+        return LabelCoding(self.lut, np.asarray(colours, dtype=np.uint8).reshape(-1, 3),
+                           np.asarray(values, dtype=np.int32))
+
+    def valid_description(self) -> str:
+        """Human summary of the accepted raw values, for error messages."""
+        valid = np.flatnonzero(self.lut != INVALID)
+        return _ranges(valid.tolist())
+
+    def raw_values(self, raw: RawLabel, path: Path | str) -> np.ndarray:
+        """(H, W) int32 raw values; RGB masks go through the colour map (unknown colours raise)."""
+        if raw.values is not None:
+            return raw.values.astype(np.int32, copy=False)
+        if self.colours is None:
+            raise DataError(f"{path}: RGB colour label image but the dataset has no colour map "
+                            f"(give a colormap file with one 'R G B' line per class)")
+        keys = _colour_keys(raw.rgb)
+        table = _colour_keys(self.colours)
+        order = np.argsort(table)
+        sorted_table = table[order]
+        pos = np.clip(np.searchsorted(sorted_table, keys), 0, len(table) - 1)
+        found = sorted_table[pos] == keys
+        if not found.all():
+            unknown = np.unique(keys[~found])[:5]
+            names = ", ".join(f"({k >> 16} {(k >> 8) & 255} {k & 255})" for k in unknown.tolist())
+            raise DataError(f"{path}: colours not in the colour map: {names}")
+        return self.colour_values[order][pos]
+
+    def to_train_ids(self, raw_values: np.ndarray, path: Path | str) -> np.ndarray:
+        """Map raw values to uint8 train ids; raise DataError naming the bad values."""
+        in_table = (raw_values >= 0) & (raw_values < 256)
+        mapped = self.lut[np.where(in_table, raw_values, 0)]
+        bad = ~in_table | (mapped == INVALID)
+        if bad.any():
+            values = np.unique(raw_values[bad])
+            shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if len(values) > 8 else "")
+            raise DataError(f"{path}: label values out of range: {shown} "
+                            f"(valid: {self.valid_description()})")
+        return mapped.astype(np.uint8)
+
+    def decode(self, path: str | Path) -> np.ndarray:
+        """Read a label file and return its (H, W) uint8 train-id map."""
+        raw = read_label_raw(path)
+        return self.to_train_ids(self.raw_values(raw, path), path)
+
+
+def _ranges(values: list[int]) -> str:
+    """[0,1,2,3,11] -> '0-3, 11'."""
+    parts: list[str] = []
+    start = prev = None
+    for v in values + [None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = v
+    return ", ".join(parts) or "none"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,113 @@
+"""Dataset specs: ``camvid:PATH``, ``cityscapes:PATH``, ``voc:PATH``, ``folder:PATH``,
+``list:PATH[,LABELS]``, ``synthetic[:N]`` or a dataset YAML file, resolved to a source."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from edgeseg.data.dataset import DatasetSource, SegmentationDataset, Transform
+from edgeseg.errors import ConfigError
+from edgeseg.schema import StrictModel, load_yaml, validate
+
+FORMATS = ("camvid", "cityscapes", "voc", "folder", "list", "synthetic")
+Colour = tuple[int, int, int]
+
+
+class ListPair(StrictModel):
+    images: Path
+    labels: Path
+
+
+class DatasetConfig(StrictModel):
+    """A dataset description; the YAML form of a spec. Paths are relative to the YAML file."""
+
+    format: Literal["camvid", "cityscapes", "voc", "folder", "list", "synthetic"]
+    root: Path | None = None
+    classes: list[str] | Path | None = Field(None, description="class names, or a file with one per line")
+    colormap: Path | None = Field(None, description="'R G B' per class line; maps RGB masks, sets the palette")
+    palette: list[Colour] | None = None
+    void_values: list[int] | None = Field(None, description="raw label values that are ignored")
+    void_colours: list[Colour] = Field(default_factory=list, description="RGB mask colours that are ignored")
+    splits: dict[str, Path | ListPair] = Field(default_factory=dict, description="list format: split -> list file(s)")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out when there is no val split")
+    split_seed: int = 0
+    label_set: Literal["trainid", "jacinto5"] = Field("trainid", description="cityscapes: 19 classes or jacinto's 5")
+    num_images: int = Field(64, ge=1, description="synthetic: training images (val and test get a quarter)")
+    height: int = Field(240, ge=32)
+    width: int = Field(320, ge=32)
+    seed: int = 0
+
+    @field_validator("void_values")
+    @classmethod
+    def _byte_values(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(not 0 <= v <= 255 for v in values):
+            raise ValueError("void values must lie in 0..255")
+        return values
+
+    def rebase(self, base: Path) -> "DatasetConfig":
+        """Resolve relative paths against ``base`` (the folder of the YAML file)."""
+        def fix(p):
+            if isinstance(p, ListPair):
+                return ListPair(images=fix(p.images), labels=fix(p.labels))
+            return p if p is None or p.is_absolute() else base / p
+        return self.model_copy(update={
+            "root": fix(self.root),
+            "classes": fix(self.classes) if isinstance(self.classes, Path) else self.classes,
+            "colormap": fix(self.colormap),
+            "splits": {k: fix(v) for k, v in self.splits.items()},
+        })
+
+
+def parse_spec(spec: str) -> DatasetConfig:
+    """Turn a spec string into a validated DatasetConfig (ConfigError on a bad spec)."""
+    spec = spec.strip()
+    scheme, sep, rest = spec.partition(":")
+    if scheme == "synthetic":
+        if not sep:
+            return DatasetConfig(format="synthetic")
+        if not rest.isdigit() or int(rest) < 1:
+            raise ConfigError(f"dataset spec '{spec}': synthetic takes a positive image count, e.g. synthetic:32")
+        return DatasetConfig(format="synthetic", num_images=int(rest))
+    if sep and scheme in FORMATS:
+        if not rest:
+            raise ConfigError(f"dataset spec '{spec}': a path must follow '{scheme}:'")
+        if scheme == "list":
+            files = [Path(p) for p in rest.split(",")]
+            if len(files) > 2:
+                raise ConfigError(f"dataset spec '{spec}': list takes PAIRS_FILE or IMAGES_FILE,LABELS_FILE")
+            entry = files[0] if len(files) == 1 else ListPair(images=files[0], labels=files[1])
+            return DatasetConfig(format="list", splits={"train": entry})
+        return DatasetConfig(format=scheme, root=Path(rest))
+    path = Path(spec)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        data = load_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of dataset keys")
+        return validate(DatasetConfig, data, str(path)).rebase(path.parent)
+    if sep and len(scheme) > 1:
+        close = difflib.get_close_matches(scheme, FORMATS, n=1)
+        hint = f"did you mean '{close[0]}:'?" if close else f"valid formats: {', '.join(FORMATS)}"
+        raise ConfigError(f"dataset spec '{spec}': unknown format '{scheme}' ({hint})")
+    raise ConfigError(f"dataset spec '{spec}': expected FORMAT:PATH ({', '.join(FORMATS)}), "
+                      f"synthetic[:N] or a dataset .yaml file")
+
+
+def open_source(spec: str | DatasetConfig) -> DatasetSource:
+    """Discover the dataset a spec names (its classes and splits); reads no pixels yet."""
+    from edgeseg.data.formats import OPENERS
+
+    config = parse_spec(spec) if isinstance(spec, str) else spec
+    source = OPENERS[config.format](config)
+    if isinstance(spec, str):
+        source.spec = spec
+    return source
+
+
+def open_dataset(spec: str | DatasetConfig, split: str, transform: Transform | None = None,
+                 cache: bool = False) -> SegmentationDataset:
+    """The dataset of one split of ``spec``; every file must exist (DataError otherwise)."""
+    return open_source(spec).dataset(split, transform=transform, cache=cache)

@@ -1,0 +1,141 @@
+"""Joint image/label transforms. Images are resized bilinearly, labels always with nearest
+neighbour; crops pad labels with the ignore index so padding never counts as a class."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from pydantic import Field, model_validator
+from torchvision.transforms import InterpolationMode
+
+from edgeseg.data.classes import IGNORE_INDEX
+from edgeseg.schema import StrictModel
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ScaleConfig(StrictModel):
+    prob: float = Field(1.0, ge=0.0, le=1.0, description="chance of rescaling a sample")
+    min: float = Field(0.75, gt=0.0)
+    max: float = Field(1.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"scale min {self.min} exceeds max {self.max}")
+        return self
+
+
+class JitterConfig(StrictModel):
+    brightness: float = Field(0.0, ge=0.0)
+    contrast: float = Field(0.0, ge=0.0)
+    saturation: float = Field(0.0, ge=0.0)
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+
+
+class AugmentConfig(StrictModel):
+    """Training-time augmentation; evaluation only normalises."""
+
+    scale: ScaleConfig | None = None
+    crop: tuple[int, int] | None = Field(None, description="(height, width) of random crops")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="chance of a horizontal flip")
+    color_jitter: JitterConfig | None = None
+
+
+class Normalize:
+    """uint8 HWC image -> float32 CHW tensor, (x / 255 - mean) / std; label -> int64 HW."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def image(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() / 255.0 - self.mean) / self.std
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image(image), label.long()
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 and (H, W) uint8 arrays -> (3, H, W) uint8 and (H, W) uint8 tensors."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(np.ascontiguousarray(label))
+
+
+def random_scale(image, label, factor: float):
+    h, w = label.shape[-2:]
+    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    label = F.resize(label[None], size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
+    return image, label
+
+
+def pad_to(image, label, height: int, width: int, fill: int = 0):
+    """Pad bottom/right up to (height, width): image with ``fill``, label with the ignore index."""
+    h, w = label.shape[-2:]
+    ph, pw = max(0, height - h), max(0, width - w)
+    if ph or pw:
+        image = F.pad(image, [0, 0, pw, ph], fill=fill)
+        label = F.pad(label[None], [0, 0, pw, ph], fill=IGNORE_INDEX)[0]
+    return image, label
+
+
+class TrainTransform:
+    """Random scale -> padded random crop -> flip -> colour jitter -> normalise.
+
+    Randomness comes from torch's global generator, so DataLoader worker seeding (and the
+    training engine's seed) makes it reproducible.
+    """
+
+    def __init__(self, config: AugmentConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        self.config = config
+        self.normalize = Normalize(mean, std)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * torch.rand(()).item()
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        image, label = to_tensors(image, label)
+        if cfg.scale is not None and torch.rand(()).item() < cfg.scale.prob:
+            factor = math.exp(self._uniform(math.log(cfg.scale.min), math.log(cfg.scale.max)))
+            image, label = random_scale(image, label, factor)
+        if cfg.crop is not None:
+            ch, cw = cfg.crop
+            image, label = pad_to(image, label, ch, cw)
+            h, w = label.shape
+            top = int(torch.randint(0, h - ch + 1, ()).item())
+            left = int(torch.randint(0, w - cw + 1, ()).item())
+            image, label = image[:, top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+        if torch.rand(()).item() < cfg.hflip:
+            image, label = image.flip(-1), label.flip(-1)
+        if cfg.color_jitter is not None:
+            image = self._jitter(image, cfg.color_jitter)
+        return self.normalize(image, label)
+
+    def _jitter(self, image: torch.Tensor, jitter: JitterConfig) -> torch.Tensor:
+        ops = []
+        if jitter.brightness:
+            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.brightness), 1 + jitter.brightness): F.adjust_brightness(im, f))
+        if jitter.contrast:
+            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.contrast), 1 + jitter.contrast): F.adjust_contrast(im, f))
+        if jitter.saturation:
+            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.saturation), 1 + jitter.saturation): F.adjust_saturation(im, f))
+        if jitter.hue:
+            ops.append(lambda im, f=self._uniform(-jitter.hue, jitter.hue): F.adjust_hue(im, f))
+        for index in torch.randperm(len(ops)).tolist():
+            image = ops[index](image)
+        return image
+
+
+class EvalTransform:
+    """Full-resolution evaluation: only tensors and normalisation."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalize(*to_tensors(image, label))

@@ -1,0 +1,100 @@
+"""The building blocks every architecture is made of.
+
+``ConvBNAct`` is the one unit that BN folding, pruning, quantization observers and sparsity
+masks understand; ``Add``, ``Concat`` and ``Upsample`` make merges and resizes explicit
+modules so a pass can see the graph without tracing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": lambda ch: nn.ReLU(inplace=True),
+    "relu6": lambda ch: nn.ReLU6(inplace=True),
+    "prelu": lambda ch: nn.PReLU(ch),
+    "hardswish": lambda ch: nn.Hardswish(inplace=True),
+    "none": lambda ch: nn.Identity(),
+}
+
+
+class ConvBNAct(nn.Module):
+    """conv -> batch norm -> activation, 'same' padding for odd kernels.
+
+    ``bn=False`` gives the conv a bias instead (as after BN folding); ``act='none'`` leaves
+    the output linear (a classifier).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 dilation: int = 1, groups: int = 1, bn: bool = True, act: str = "relu") -> None:
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{act}' (valid: {', '.join(ACTIVATIONS)})")
+        padding = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=not bn)
+        self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
+        self.act = ACTIVATIONS[act](out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Add(nn.Module):
+    """Elementwise sum of its inputs."""
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = out + x
+        return out
+
+
+class Concat(nn.Module):
+    """Channel concatenation of its inputs."""
+
+    def __init__(self, dim: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(inputs, dim=self.dim)
+
+
+class Upsample(nn.Module):
+    """Resize by ``scale`` (or to the size of a reference tensor passed as second input)."""
+
+    def __init__(self, scale: int = 2, mode: str = "bilinear") -> None:
+        super().__init__()
+        self.scale = scale
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+        align = False if self.mode in ("bilinear", "bicubic") else None
+        if like is not None:
+            return F.interpolate(x, size=like.shape[-2:], mode=self.mode, align_corners=align)
+        return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
+
+
+class SegmentationModel(nn.Module):
+    """Base of every registered model: NCHW logits at input resolution.
+
+    Subclasses set ``output_stride`` and implement ``forward_features``.
+    """
+
+    output_stride: int = 1
+
+    def check_input(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        s = self.output_stride
+        if h % s or w % s:
+            raise ValueError(f"input size {h}x{w} is not divisible by the model's output stride {s}; "
+                             f"pad or resize to a multiple of {s}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.forward_features(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,122 @@
+"""Model directories: ``config.json`` (everything needed to rebuild and use the model) plus
+``model.safetensors``. Loading constructs from config and loads weights strictly; nothing
+in the directory is ever executed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgeseg import __version__
+from edgeseg.data.classes import ClassInfo
+from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from edgeseg.errors import ConfigError, ModelError
+from edgeseg.fileio import atomic_replace_dir
+from edgeseg.models.registry import create_model
+from edgeseg.schema import StrictModel, validate
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelConfig(StrictModel):
+    """The schema of a model directory's config.json."""
+
+    format_version: int = 1
+    architecture: str
+    num_classes: int = Field(ge=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    ignore_index: int = 255
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: tuple[int, int] = Field(description="(height, width) the model is meant to run at")
+    output_stride: int = Field(1, ge=1)
+    history: list[dict[str, Any]] = Field(default_factory=list, description="stages applied, oldest first")
+    quantization: dict[str, Any] | None = None
+    edgeseg_version: str = __version__
+
+    def class_info(self) -> ClassInfo:
+        return ClassInfo(tuple(self.classes), tuple(self.palette), self.ignore_index)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: ModelConfig
+    path: Path
+
+
+def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int, int],
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, history: list[dict] | None = None) -> ModelConfig:
+    """The config.json content for a model built by ``create_model``."""
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise ModelError("model was not built with create_model(); its architecture is unknown")
+    if arch["num_classes"] != classes.num_classes:
+        raise ModelError(f"model has {arch['num_classes']} classes but the dataset has {classes.num_classes}")
+    return ModelConfig(
+        architecture=arch["name"], num_classes=arch["num_classes"], arguments=arch["kwargs"],
+        classes=list(classes.names), palette=[tuple(c) for c in classes.palette],
+        ignore_index=classes.ignore_index, mean=tuple(mean), std=tuple(std),
+        input_size=tuple(input_size), output_stride=getattr(model, "output_stride", 1),
+        history=list(history or []))
+
+
+def save_model_dir(model: nn.Module, config: ModelConfig, path: str | Path) -> Path:
+    """Write config.json + model.safetensors atomically (an existing directory is replaced
+    only once the new one is complete)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def build(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    return atomic_replace_dir(build, path)
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """Validate a model directory's config.json (one-line error naming the file or key)."""
+    path = Path(path)
+    config_file = path / CONFIG_NAME
+    if not path.is_dir():
+        raise ModelError(f"{path}: model directory not found")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{config_file}: file not found (not a model directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{config_file}: invalid JSON ({err})") from None
+    try:
+        return validate(ModelConfig, data, str(config_file))
+    except ConfigError as err:
+        raise ModelError(str(err)) from None
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from config.json and load its weights strictly."""
+    path = Path(path)
+    config = read_model_config(path)
+    model = create_model(config.architecture, config.num_classes, **config.arguments)
+    weights = path / WEIGHTS_NAME
+    try:
+        state = load_file(str(weights), device="cpu")
+    except FileNotFoundError:
+        raise ModelError(f"{weights}: file not found") from None
+    except (SafetensorError, OSError) as err:
+        raise ModelError(f"{weights}: unreadable weights ({err})") from None
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        key = (result.missing_keys or result.unexpected_keys)[0]
+        kind = "missing" if result.missing_keys else "unexpected"
+        raise ModelError(f"{weights}: weights do not fit '{config.architecture}' ({kind} tensor '{key}')")
+    return LoadedModel(model.to(device).eval(), config, path)

@@ -1,0 +1,108 @@
+"""Prediction on images, folders, globs and list files: paletted label PNGs and overlays."""
+
+from __future__ import annotations
+
+import glob
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edgeseg.data.classes import ClassInfo
+from edgeseg.data.imageio import IMAGE_SUFFIXES, list_images, read_image
+from edgeseg.errors import DataError
+from edgeseg.fileio import atomic_write_bytes
+from edgeseg.runtime import track
+
+LIST_SUFFIXES = (".txt", ".lst")
+
+
+def expand_sources(sources: list[str]) -> list[Path]:
+    """Image paths from files, folders (their images, sorted), glob patterns and list files
+    (first field of each line; relative paths from the list's folder). Missing -> DataError."""
+    images: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if any(ch in source for ch in "*?[") and not path.exists():
+            matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
+            matches = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not matches:
+                raise DataError(f"{source}: no images match this pattern")
+            images += matches
+        elif path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DataError(f"{path}: folder holds no images")
+            images += found
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.startswith("#"):
+                    entry = Path(line.split()[0])
+                    images.append(entry if entry.is_absolute() else path.parent / entry)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise DataError(f"{path}: file not found")
+    return images
+
+
+def label_png(label: np.ndarray, classes: ClassInfo) -> bytes:
+    """A mode-P PNG of a label map with the class palette (value = class id)."""
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(classes.flat_palette())
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def overlay(image: np.ndarray, label: np.ndarray, classes: ClassInfo, alpha: float = 0.5) -> np.ndarray:
+    """The image blended with class colours (ignore pixels left as they are)."""
+    colours = classes.colour_lut()[label].astype(np.float32)
+    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    keep = label == classes.ignore_index
+    blended[keep] = image[keep]
+    return blended.round().astype(np.uint8)
+
+
+@dataclass
+class PredictResult:
+    image: Path
+    label_file: Path
+    overlay_file: Path | None
+    milliseconds: float
+
+
+def output_names(images: list[Path]) -> list[str]:
+    """Output stems: the image's stem, prefixed with its folder where two stems collide."""
+    stems = [p.stem for p in images]
+    names = []
+    for path, stem in zip(images, stems):
+        names.append(f"{path.parent.name}_{stem}" if stems.count(stem) > 1 else stem)
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"two inputs would both be written as {dup}.png; predict them into separate --out folders")
+    return names
+
+
+def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: bool = False) -> list[PredictResult]:
+    """Write ``<out>/<name>.png`` (paletted labels) and optionally ``<name>_overlay.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path, name in track(zip(images, output_names(images)), len(images), "predict"):
+        image = read_image(path)
+        tensor = predictor.normalize.image(torch.from_numpy(image).permute(2, 0, 1))[None]
+        start = time.perf_counter()
+        label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+        elapsed = (time.perf_counter() - start) * 1000
+        label_file = atomic_write_bytes(out_dir / f"{name}.png", label_png(label, predictor.classes))
+        overlay_file = None
+        if with_overlay:
+            buffer = io.BytesIO()
+            Image.fromarray(overlay(image, label, predictor.classes)).save(buffer, format="PNG")
+            overlay_file = atomic_write_bytes(out_dir / f"{name}_overlay.png", buffer.getvalue())
+        results.append(PredictResult(path, label_file, overlay_file, elapsed))
+    return results

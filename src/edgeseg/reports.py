@@ -1,0 +1,70 @@
+"""Rendering of reports for people (rich tables) and machines (JSON)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeseg.data.doctor import DoctorReport, class_weights
+
+
+def _share(pixels, total) -> str:
+    return f"{100.0 * pixels / total:.2f}" if total else "-"
+
+
+def print_doctor(report: DoctorReport, console: Console, show: int = 20) -> None:
+    """Class-share table per split, suggested weights (first split), then problems."""
+    names = list(report.class_names)
+    table = Table(title=f"label doctor: {report.spec}")
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    for split in report.splits:
+        table.add_column(f"{split.split} % ({split.num_images} img)", justify="right")
+    weight_split = next((s for s in report.splits if s.split == "train"), report.splits[0] if report.splits else None)
+    weights = class_weights(weight_split, len(names)) if weight_split else None
+    if weights:
+        table.add_column(f"w median-freq ({weight_split.split})", justify="right")
+        table.add_column("w enet", justify="right")
+    totals = [int(s.class_pixels.sum()) for s in report.splits]
+    for index, name in enumerate(names):
+        row = [str(index), name] + [_share(s.class_pixels[index], t) for s, t in zip(report.splits, totals)]
+        if weights:
+            row += [_fmt(weights["median_frequency"][index]), _fmt(weights["enet"][index])]
+        table.add_row(*row)
+    table.add_section()
+    ignore_row = [str(report.ignore_index), f"{report.ignore_name} (ignored)"]
+    ignore_row += [_share(s.class_pixels[report.ignore_index], t) for s, t in zip(report.splits, totals)]
+    table.add_row(*ignore_row, *([""] * 2 if weights else []))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for split in report.splits:
+        for warning in split.warnings:
+            console.print(f"warning: {warning}")
+        for problem in split.problems[:show]:
+            console.print(f"problem [{split.split}]: {problem}", markup=False)
+        if len(split.problems) > show:
+            console.print(f"problem [{split.split}]: ... and {len(split.problems) - show} more")
+    count = sum(len(s.problems) for s in report.splits)
+    console.print("clean: no problems found" if report.clean else f"{count} problem(s) found")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def doctor_json(report: DoctorReport) -> dict:
+    names = list(report.class_names)
+    splits = {}
+    for split in report.splits:
+        total = int(split.class_pixels.sum())
+        splits[split.split] = {
+            "num_images": split.num_images,
+            "class_share": {n: (split.class_pixels[i] / total if total else None) for i, n in enumerate(names)},
+            "ignore_share": split.class_pixels[report.ignore_index] / total if total else None,
+            "class_pixels": {n: int(split.class_pixels[i]) for i, n in enumerate(names)},
+            "class_weights": class_weights(split, len(names)),
+            "problems": split.problems,
+            "warnings": split.warnings,
+        }
+    return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes, "splits": splits}

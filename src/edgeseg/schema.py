@@ -1,0 +1,78 @@
+"""Config as validated data: strict pydantic models whose errors become one line."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeseg.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _known_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names valid at ``loc`` (the path of an unknown key) inside ``model_cls``."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        fields = getattr(cls, "model_fields", None)
+        if fields is None or not isinstance(part, str) or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str) -> str:
+    """One line naming the first offending key, with a suggestion for a misspelt one."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(model_cls, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else (f" (valid keys: {', '.join(known)})" if known else "")
+        message = f"{source}: unknown key '{key}'{hint}"
+    elif first["type"] == "missing":
+        message = f"{source}: missing required key '{key}'"
+    else:
+        message = f"{source}: bad value for '{key}': {first['msg']}"
+    more = len(err.errors()) - 1
+    return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def validate(model_cls: type[M], data: Any, source: str) -> M:
+    """Validate ``data`` against ``model_cls``; raise ConfigError with one line on failure."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model_cls, source)) from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing or malformed file is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
