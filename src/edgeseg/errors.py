@@ -5,6 +5,19 @@ the CLI prints it without a traceback and exits non-zero."""
 class EdgesegError(Exception):
     """A problem with what the user gave us (a file, a key, a value), not a bug."""
 
+    def __init__(self, message: str = "") -> None:
+        super().__init__(_unwrap_worker_message(str(message)))
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """A DataLoader worker re-raises our error with its whole traceback as the message
+    ("Caught DataError in DataLoader worker ... Original Traceback ..."); keep our line."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    kind, sep, text = last.partition(": ")
+    return text if sep and kind.rsplit(".", 1)[-1].endswith("Error") else last
+
 
 class DataError(EdgesegError):
     """A dataset file is missing, unreadable or inconsistent."""

@@ -37,12 +37,12 @@ def print_doctor(report: DoctorReport, console: Console, show: int = 20) -> None
     table.add_row(*ignore_row, *([""] * 2 if weights else []))
     console.print(table)
     for note in report.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     for split in report.splits:
         for warning in split.warnings:
-            console.print(f"warning: {warning}")
+            console.print(f"warning: {warning}", markup=False, soft_wrap=True)
         for problem in split.problems[:show]:
-            console.print(f"problem [{split.split}]: {problem}", markup=False)
+            console.print(f"problem [{split.split}]: {problem}", markup=False, soft_wrap=True)
         if len(split.problems) > show:
             console.print(f"problem [{split.split}]: ... and {len(split.problems) - show} more")
     count = sum(len(s.problems) for s in report.splits)

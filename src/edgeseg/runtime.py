@@ -37,19 +37,12 @@ def interactive() -> bool:
 
 
 def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
-    """Iterate with a progress bar on a terminal, or a start and an end line otherwise."""
-    if interactive():
-        from rich.progress import track as rich_track
-
-        yield from rich_track(items, total=total, description=description, transient=True,
-                              console=_stderr_console())
+    """Iterate with a transient progress bar on a terminal; silently elsewhere (CI, pipes)."""
+    if not interactive():
+        yield from items
         return
-    print(f"{description}: {total} items", file=sys.stderr, flush=True)
-    yield from items
-    print(f"{description}: done", file=sys.stderr, flush=True)
-
-
-def _stderr_console():
     from rich.console import Console
+    from rich.progress import track as rich_track
 
-    return Console(stderr=True)
+    yield from rich_track(items, total=total, description=description, transient=True,
+                          console=Console(stderr=True))

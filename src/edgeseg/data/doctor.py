@@ -83,16 +83,28 @@ def _inspect_generated(dataset: SegmentationDataset, index: int):
     return np.bincount(label.ravel(), minlength=256), [], None
 
 
-def _palette_problem(first: tuple, first_name: str, palette: tuple, name: str, num_classes: int) -> str | None:
-    n = 3 * num_classes
-    if palette[:n] != first[:n]:
-        index = next(i // 3 for i in range(min(n, len(palette), len(first))) if palette[i] != first[i])
-        return (f"{name}: palette differs from {first_name} (index {index}: {tuple(palette[3 * index:3 * index + 3])} "
-                f"vs {tuple(first[3 * index:3 * index + 3])}); the same class is shown in two colours")
-    return None
+class PaletteCheck:
+    """Remembers the first paletted label seen (across all splits) and flags later ones
+    whose class colours differ: the same class would be shown in two colours."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.size = 3 * num_classes
+        self.first: tuple | None = None
+        self.first_name = ""
+
+    def see(self, name: str, palette: tuple) -> str | None:
+        if self.first is None:
+            self.first, self.first_name = palette, name
+            return None
+        a, b = palette[:self.size], self.first[:self.size]
+        if a == b:
+            return None
+        index = next((i // 3 for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)) // 3)
+        return (f"{name}: palette differs from {self.first_name} (class {index}: {tuple(a[3 * index:3 * index + 3])} "
+                f"vs {tuple(b[3 * index:3 * index + 3])}); the same class is shown in two colours")
 
 
-def check_split(dataset: SegmentationDataset, threads: int = 2) -> SplitReport:
+def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: int = 2) -> SplitReport:
     """Inspect every sample of one split."""
     report = SplitReport(dataset.split, len(dataset))
     if isinstance(dataset, FileDataset):
@@ -102,22 +114,17 @@ def check_split(dataset: SegmentationDataset, threads: int = 2) -> SplitReport:
         samples = [s for s in dataset.samples if s.image not in missing_set and s.label not in missing_set]
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(lambda s: _inspect_file_sample(dataset, s), samples))
-        names = [s.label.name for s in samples]
+        names = [str(s.label) for s in samples]
     else:
         results = [_inspect_generated(dataset, i) for i in range(len(dataset))]
         names = [dataset.sample_name(i) for i in range(len(dataset))]
-    first_palette, first_name = None, None
     for name, (counts, problems, palette) in zip(names, results):
         report.problems += problems
         if counts is not None:
             report.add_counts(counts)
-        if palette:
-            if first_palette is None:
-                first_palette, first_name = palette, name
-            else:
-                issue = _palette_problem(first_palette, first_name, palette, name, dataset.classes.num_classes)
-                if issue:
-                    report.problems.append(issue)
+        issue = palettes.see(name, palette) if palette else None
+        if issue:
+            report.problems.append(issue)
     for index, cls in enumerate(dataset.classes.names):
         if report.class_pixels[index] == 0 and report.num_images:
             report.warnings.append(f"class '{cls}' ({index}) has no pixels in split '{dataset.split}'")
@@ -129,9 +136,9 @@ def check_dataset(source, splits: list[str] | None = None) -> DoctorReport:
     names = splits or source.split_names()
     reports = []
     problems_before = list(getattr(source, "problems", []))
+    palettes = PaletteCheck(source.classes.num_classes)
     for split in names:
-        dataset = source.dataset(split, check_files=False)
-        reports.append(check_split(dataset))
+        reports.append(check_split(source.dataset(split, check_files=False), palettes))
     if problems_before and reports:
         reports[0].problems[:0] = problems_before
     classes = source.classes

@@ -114,9 +114,15 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise ModelError(f"{weights}: file not found") from None
     except (SafetensorError, OSError) as err:
         raise ModelError(f"{weights}: unreadable weights ({err})") from None
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        key = (result.missing_keys or result.unexpected_keys)[0]
-        kind = "missing" if result.missing_keys else "unexpected"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        key, kind = (missing[0], "missing") if missing else (unexpected[0], "unexpected")
         raise ModelError(f"{weights}: weights do not fit '{config.architecture}' ({kind} tensor '{key}')")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise ModelError(f"{weights}: weights do not fit '{config.architecture}' (tensor '{key}' has shape "
+                             f"{tuple(state[key].shape)}, the model expects {tuple(tensor.shape)})")
+    model.load_state_dict(state, strict=True)
     return LoadedModel(model.to(device).eval(), config, path)

@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CAMVID = SHARED_DATA / "camvid"
+
+torch.set_num_threads(1)
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def write_label(path: Path, values: np.ndarray, palette: list[int] | None = None) -> Path:
+    """An index label PNG: mode P with ``palette``, else mode L."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(values.astype(np.uint8), mode="P" if palette else "L")
+    if palette:
+        img.putpalette(palette)
+    img.save(path)
+    return path
+
+
+def random_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m edgeseg ARGS`` as a user would."""
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgeseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single line a failed command printed to stderr (asserts there is exactly one)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout
+    assert len(lines) == 1, f"expected one error line, got:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+needs_camvid = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (shared data absent)")

@@ -1,0 +1,73 @@
+"""Registry, blocks and model directories."""
+
+import json
+
+import pytest
+import torch
+
+from edgeseg.data.classes import CAMVID
+from edgeseg.errors import ModelError
+from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
+from edgeseg.models.blocks import ConvBNAct
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_forward_backward_and_shape(name):
+    model = create_model(name, num_classes=5)
+    x = torch.randn(2, 3, 32, 48, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 5, 32, 48)
+    out.mean().backward()
+    assert x.grad is not None and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_round_trips_through_a_model_dir(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=CAMVID.num_classes).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    path = save_model_dir(model, model_config_for(model, CAMVID, (64, 64)), tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    assert config["architecture"] == name and config["classes"][0] == "sky" and config["output_stride"] >= 1
+    loaded = load_model_dir(path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.model(x))
+
+
+def test_input_not_divisible_by_output_stride_is_a_clear_error():
+    model = create_model("basic_encdec", num_classes=3)
+    with pytest.raises(ValueError, match="not divisible by the model's output stride 8"):
+        model(torch.randn(1, 3, 30, 32))
+
+
+def test_registry_errors_name_the_problem():
+    with pytest.raises(ModelError, match="unknown model 'basic_encdc' \\(did you mean 'basic_encdec'"):
+        create_model("basic_encdc", 3)
+    with pytest.raises(ModelError, match="has no argument 'widht'"):
+        create_model("basic_encdec", 3, widht=8)
+
+
+def test_conv_bn_act_block_without_bn_has_bias():
+    block = ConvBNAct(4, 8, bn=False, act="none")
+    assert block.conv.bias is not None and isinstance(block.bn, torch.nn.Identity)
+
+
+def test_broken_model_dirs_give_one_line_errors(tmp_path):
+    model = create_model("basic_encdec", num_classes=CAMVID.num_classes)
+    path = save_model_dir(model, model_config_for(model, CAMVID, (64, 64)), tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["arguments"] = {"width": 8}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="weights do not fit 'basic_encdec'"):
+        load_model_dir(path)
+    config["colour"] = 1
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"config\.json: unknown key 'colour'"):
+        load_model_dir(path)
+    with pytest.raises(ModelError, match="model directory not found"):
+        load_model_dir(tmp_path / "nope")

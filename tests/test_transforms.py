@@ -1,0 +1,76 @@
+"""Joint transforms keep image and label aligned; labels only ever take existing values."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgeseg.data.transforms import (AugmentConfig, EvalTransform, JitterConfig, ScaleConfig,
+                                     TrainTransform)
+from edgeseg.errors import ConfigError
+from edgeseg.schema import validate
+
+
+def coded_pair(h=24, w=32, classes=5):
+    """An image whose red channel encodes the label (red = 40 * class), so alignment is checkable."""
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, classes, (h // 4, w // 4))
+    label = np.kron(blocks, np.ones((4, 4), int)).astype(np.uint8)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 0] = label * 40
+    image[..., 1] = np.arange(w)[None, :] * 4
+    return image, label
+
+
+def test_flip_and_crop_keep_image_and_label_aligned():
+    image, label = coded_pair()
+    cfg = AugmentConfig(crop=(16, 16), hflip=1.0)
+    out_image, out_label = TrainTransform(cfg, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))(image, label)
+    assert out_image.shape == (3, 16, 16) and out_label.shape == (16, 16)
+    assert torch.equal(out_image[0].round().long(), out_label * 40)
+    green = out_image[1]
+    assert (green[:, :-1] > green[:, 1:]).all()  # flipped: x decreases left to right
+
+
+def test_crop_larger_than_image_pads_label_with_ignore():
+    image, label = coded_pair(8, 8)
+    torch.manual_seed(0)
+    _, out_label = TrainTransform(AugmentConfig(crop=(12, 20), hflip=0.0))(image, label)
+    assert out_label.shape == (12, 20)
+    assert (out_label[8:, :] == 255).all() and (out_label[:, 8:] == 255).all()
+    assert torch.equal(out_label[:8, :8], torch.from_numpy(label).long())
+
+
+def test_random_scale_resizes_labels_with_nearest_neighbour():
+    image, label = coded_pair()
+    cfg = AugmentConfig(scale=ScaleConfig(prob=1.0, min=1.7, max=1.7), hflip=0.0)
+    out_image, out_label = TrainTransform(cfg)(image, label)
+    assert out_label.shape == (41, 54)
+    assert set(out_label.unique().tolist()) <= set(np.unique(label).tolist())
+    ref = torch.from_numpy(label)[None, None].float()
+    nearest = torch.nn.functional.interpolate(ref, size=(41, 54), mode="nearest-exact")[0, 0].long()
+    assert torch.equal(out_label, nearest)
+
+
+def test_colour_jitter_changes_image_not_label():
+    image, label = coded_pair()
+    torch.manual_seed(3)
+    cfg = AugmentConfig(hflip=0.0, color_jitter=JitterConfig(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.1))
+    jittered, out_label = TrainTransform(cfg)(image, label)
+    plain, _ = EvalTransform()(image, label)
+    assert not torch.allclose(jittered, plain)
+    assert torch.equal(out_label, torch.from_numpy(label).long())
+
+
+def test_eval_transform_normalises_with_mean_and_std():
+    image = np.full((2, 2, 3), 255, np.uint8)
+    out, _ = EvalTransform(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))(image, np.zeros((2, 2), np.uint8))
+    assert out[:, 0, 0].tolist() == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_augment_config_rejects_unknown_keys_and_bad_ranges():
+    with pytest.raises(ConfigError, match=r"unknown key 'hflp' \(did you mean 'hflip'\?\)"):
+        validate(AugmentConfig, {"hflp": 0.5}, "train.augment")
+    with pytest.raises(ConfigError, match=r"unknown key 'scale.mn' \(did you mean 'min'\?\)"):
+        validate(AugmentConfig, {"scale": {"mn": 0.5}}, "train.augment")
+    with pytest.raises(ConfigError, match="scale min 2.0 exceeds max 1.0"):
+        validate(AugmentConfig, {"scale": {"min": 2.0, "max": 1.0}}, "train.augment")
