@@ -94,3 +94,28 @@ def test_help_lists_the_commands():
     proc = run_cli("--help", check=True)
     for command in ("eval", "predict", "data", "demo"):
         assert command in proc.stdout
+
+
+def test_demo_runs_and_prints_a_per_class_table(tmp_path):
+    proc = run_cli("demo", "--out", str(tmp_path / "demo"), check=True)
+    assert "label doctor" in proc.stdout and "mIoU" in proc.stdout and "bicyclist" in proc.stdout
+    metrics = json.loads((tmp_path / "demo" / "eval.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert len(list((tmp_path / "demo" / "predictions").glob("*_overlay.png"))) == 4
+
+
+def test_cityscapes_lists_round_trip_through_the_list_format(tmp_path):
+    from test_formats import make_cityscapes
+
+    from edgeseg.data.spec import DatasetConfig, ListPair, open_source
+
+    root, _ = make_cityscapes(tmp_path / "cs")
+    run_cli("data", "lists", "cityscapes", str(root), "--out", str(tmp_path / "lists"), check=True)
+    lists = tmp_path / "lists"
+    assert sorted(p.name for p in lists.iterdir()) == [
+        "train_image_list.txt", "train_label_list.txt", "val_image_list.txt", "val_label_list.txt"]
+    config = DatasetConfig(format="list", classes=[f"id{i}" for i in range(34)], splits={
+        s: ListPair(images=lists / f"{s}_image_list.txt", labels=lists / f"{s}_label_list.txt") for s in ("train", "val")})
+    ds = open_source(config).dataset("val")
+    assert ds.samples[0].image.name.endswith("_leftImg8bit.png")
+    assert ds[0][1][0, 0] == 7  # raw label id 7 (road), unmapped: the list format keeps raw values
