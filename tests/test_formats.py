@@ -235,3 +235,12 @@ def test_spec_errors_are_one_line_config_errors(tmp_path):
         parse_spec(str(tmp_path / "d.yaml"))
     with pytest.raises(DataError, match="no split 'tset'"):
         open_dataset("synthetic:4", "tset")
+
+
+def test_cache_returns_the_decoded_samples_without_rereading(tmp_path):
+    root = make_camvid(tmp_path / "cv")
+    ds = open_dataset(f"camvid:{root}", "train", cache=True).preload()
+    first = ds[1]
+    (root / "trainannot" / ds.samples[1].label.name).unlink()  # gone from disk, still served
+    again = ds[1]
+    assert (first[0] == again[0]).all() and (first[1] == again[1]).all()

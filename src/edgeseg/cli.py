@@ -19,7 +19,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Train, compress, export and run small fast segmentation models.")
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: the label doctor and list files.")
 app.add_typer(data_app, name="data")
-out = Console(highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 
@@ -84,6 +84,23 @@ def predict_command(
     times = sorted(r.milliseconds for r in results)
     out.print(f"wrote {len(results)} label maps to {out_dir} "
               f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
+
+
+@app.command("info")
+def info_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    size: Optional[List[int]] = typer.Option(None, "--size", help="input height and width (default: the model's)"),
+) -> None:
+    """Layers, parameters, MACs at the model's input size, and weight sparsity."""
+    from edgeseg.models import load_model_dir
+    from edgeseg.models.profile import profile_model
+    from edgeseg.reports import print_profile
+
+    if size is not None and len(size) != 2:
+        raise typer.BadParameter("give --size twice: --size H --size W")
+    loaded = load_model_dir(model)
+    input_size = tuple(size) if size else tuple(loaded.config.input_size)
+    print_profile(profile_model(loaded.model, input_size), loaded.config, out)
 
 
 @data_app.command("check")

@@ -15,15 +15,16 @@ def _share(pixels, total) -> str:
 def print_doctor(report: DoctorReport, console: Console, show: int = 20) -> None:
     """Class-share table per split, suggested weights (first split), then problems."""
     names = list(report.class_names)
-    table = Table(title=f"label doctor: {report.spec}")
+    counts = ", ".join(f"{s.split} {s.num_images}" for s in report.splits)
+    table = Table(title=f"label doctor: {report.spec}", caption=f"images: {counts}; shares in % of all pixels")
     table.add_column("id", justify="right")
     table.add_column("class")
     for split in report.splits:
-        table.add_column(f"{split.split} % ({split.num_images} img)", justify="right")
+        table.add_column(f"{split.split} %", justify="right")
     weight_split = next((s for s in report.splits if s.split == "train"), report.splits[0] if report.splits else None)
     weights = class_weights(weight_split, len(names)) if weight_split else None
     if weights:
-        table.add_column(f"w median-freq ({weight_split.split})", justify="right")
+        table.add_column("w median-freq", justify="right")
         table.add_column("w enet", justify="right")
     totals = [int(s.class_pixels.sum()) for s in report.splits]
     for index, name in enumerate(names):
@@ -68,3 +69,21 @@ def doctor_json(report: DoctorReport) -> dict:
             "warnings": split.warnings,
         }
     return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes, "splits": splits}
+
+
+def print_profile(profile, config, console: Console) -> None:
+    """One row per conv layer, then totals."""
+    h, w = profile.input_size
+    table = Table(title=f"{config.architecture} {config.arguments or ''} at {h}x{w}, {config.num_classes} classes")
+    for column in ("layer", "kind", "in>out", "k/s/d/g", "out size", "params", "MMACs", "sparsity %"):
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+    for layer in profile.layers:
+        table.add_row(layer.name, layer.kind, f"{layer.in_channels}>{layer.out_channels}",
+                      f"{layer.kernel[0]}/{layer.stride[0]}/{layer.dilation[0]}/{layer.groups}",
+                      f"{layer.output_size[0]}x{layer.output_size[1]}", f"{layer.params:,}",
+                      f"{layer.macs / 1e6:.1f}", f"{100 * layer.sparsity:.1f}" if layer.weights else "-")
+    console.print(table)
+    console.print(f"params {profile.params:,} ({profile.params * 4 / 2**20:.2f} MiB fp32); "
+                  f"GMACs {profile.macs / 1e9:.3f} (skipping zero weights: {profile.effective_macs / 1e9:.3f}); "
+                  f"conv weight sparsity {100 * profile.sparsity:.1f} %; history: "
+                  f"{', '.join(h.get('stage', '?') for h in config.history) or 'none'}", soft_wrap=True)

@@ -14,6 +14,7 @@ import numpy as np
 from edgeseg.data.dataset import FileDataset, Sample, SegmentationDataset
 from edgeseg.data.imageio import open_image, read_label_raw
 from edgeseg.errors import DataError
+from edgeseg.runtime import track
 
 ENET_C = 1.02
 
@@ -113,7 +114,8 @@ def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: i
         missing_set = set(missing)
         samples = [s for s in dataset.samples if s.image not in missing_set and s.label not in missing_set]
         with ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(lambda s: _inspect_file_sample(dataset, s), samples))
+            results = list(track(pool.map(lambda s: _inspect_file_sample(dataset, s), samples), len(samples),
+                                 f"checking {dataset.split}"))
         names = [str(s.label) for s in samples]
     else:
         results = [_inspect_generated(dataset, i) for i in range(len(dataset))]

@@ -98,3 +98,26 @@ class SegmentationModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """The (size, size) bilinear interpolation kernel used by caffe's fixed deconvolutions."""
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
+    return ramp[:, None] * ramp[None, :]
+
+
+class FixedBilinearDeconv(nn.Module):
+    """x2 upsampling by a frozen depthwise 4x4/s2 transposed conv with a bilinear kernel
+    (caffe-jacinto's and FCN's upsampling). Its weight is a constant, not a parameter, so
+    training, sparsity and pruning passes leave it alone."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        kernel = bilinear_kernel(4).expand(channels, 1, 4, 4).contiguous()
+        self.register_buffer("weight", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.weight, stride=2, padding=1, groups=self.channels)
