@@ -41,6 +41,27 @@ def print_metrics(result: dict, title: str) -> None:
     out.print(table)
 
 
+@app.command("train", context_settings={"allow_extra_args": False})
+def train_command(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (defaults when omitted)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. epochs=5"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="run directory to continue from its last/ state"),
+) -> None:
+    """Train a model; prints the run directory (config.yaml, metrics.csv, last/, best/)."""
+    from edgeseg.train.config import load_train_config
+    from edgeseg.train.loop import train
+
+    if config is not None and "=" in str(config):
+        overrides = [str(config), *(overrides or [])]
+        config = None
+    if resume is not None and config is None and (resume / "config.yaml").is_file():
+        config = resume / "config.yaml"
+    result = train(load_train_config(config, overrides or []), resume_dir=resume,
+                   log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    out.print(f"best val mIoU {result.best_miou:.4f}")
+    out.print(str(result.run_dir))
+
+
 @app.command("eval")
 def eval_command(
     model: Path = typer.Argument(..., help="model directory"),

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.transforms import Normalize
 from edgeseg.errors import ModelError
-from edgeseg.models.model_dir import load_model_dir
+from edgeseg.models.model_dir import ModelConfig, load_model_dir
 
 
 class TorchPredictor:
-    """A model directory running in PyTorch."""
+    """A PyTorch model with its config (classes, normalisation, output stride)."""
 
-    def __init__(self, path: str | Path, device: torch.device) -> None:
-        loaded = load_model_dir(path, device)
-        self.model, self.config, self.path, self.device = loaded.model, loaded.config, loaded.path, device
+    def __init__(self, model: torch.nn.Module, config: ModelConfig, device: torch.device) -> None:
+        self.model, self.config, self.device = model, config, device
         self.classes: ClassInfo = self.config.class_info()
         self.normalize = Normalize(self.config.mean, self.config.std)
         self.output_stride = self.config.output_stride
@@ -39,6 +38,11 @@ class TorchPredictor:
         out = self.model(x)
         return out[..., :h, :w]
 
+    @classmethod
+    def from_dir(cls, path: str | Path, device: torch.device) -> "TorchPredictor":
+        loaded = load_model_dir(path, device)
+        return cls(loaded.model, loaded.config, device)
+
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, H, W) int64 class ids."""
         return self.logits(images).argmax(dim=1)
@@ -49,4 +53,4 @@ def load_predictor(path: str | Path, device: torch.device) -> TorchPredictor:
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         raise ModelError(f"{path}: ONNX models are not supported by this version yet; pass a model directory")
-    return TorchPredictor(path, device)
+    return TorchPredictor.from_dir(path, device)

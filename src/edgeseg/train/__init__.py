@@ -1,0 +1,1 @@
+"""The training engine: config, schedules, losses, checkpoints and the loop."""

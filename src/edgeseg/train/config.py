@@ -1,0 +1,120 @@
+"""The training config: YAML validated by this schema; ``key=value`` overrides on top."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+
+from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from edgeseg.errors import ConfigError
+from edgeseg.schema import StrictModel, load_yaml, validate
+
+
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ModelSection(StrictModel):
+    name: str = "basic_encdec"
+    args: dict[str, Any] = Field(default_factory=dict, description="constructor arguments, e.g. width")
+
+
+class OptimizerSection(StrictModel):
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSection(StrictModel):
+    name: Literal["constant", "poly", "cosine", "step", "multistep", "2-step-decay", "3-step-decay"] = "poly"
+    power: float = Field(0.9, gt=0, description="poly exponent")
+    step_size: int = Field(30, ge=1, description="step: epochs between decays")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs of decay")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warmup from warmup_start x lr")
+    warmup_start: float = Field(0.1, ge=0, le=1)
+
+
+class LossSection(StrictModel):
+    class_weights: Literal["none", "median_frequency", "enet"] = "none"
+
+
+class DataSection(StrictModel):
+    spec: str = "synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    cache: bool = Field(True, description="keep decoded images in memory")
+    num_workers: int = Field(2, ge=0)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+class TrainConfig(StrictModel):
+    """Everything a run needs; the resolved copy saved in the run directory reproduces it."""
+
+    name: str = "run"
+    runs_dir: Path = Path("runs")
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(crop=(192, 256)))
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
+    clip_grad_norm: float | None = Field(None, gt=0)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+
+
+def parse_value(raw: str, item: str):
+    """YAML scalar/flow value; '1e-4' is a number (PyYAML's YAML 1.1 reads it as a string)."""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{item}': value is not valid YAML") from None
+    if isinstance(value, str) and SCIENTIFIC.fullmatch(value):
+        return float(value)
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.epochs=5")
+        value = parse_value(raw, item)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    data = {}
+    source = "defaults"
+    if path is not None:
+        data = load_yaml(path) or {}
+        source = str(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+    return validate(TrainConfig, apply_overrides(data, list(overrides)), source)

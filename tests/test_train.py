@@ -1,0 +1,110 @@
+"""Training engine: schedules, config overrides, pickle-free checkpoints, resume, CLI."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import error_line, run_cli
+from edgeseg.errors import ConfigError
+from edgeseg.models import load_model_dir
+from edgeseg.train.checkpoint import load_training_state, save_training_state
+from edgeseg.train.config import ScheduleSection, apply_overrides, load_train_config
+from edgeseg.train.loop import read_metrics_csv, train
+from edgeseg.train.schedules import lr_factor
+
+TINY = ["data.spec=synthetic:8", "augment.crop=[64,96]", "batch_size=4", "model.args={width: 4}",
+        "data.num_workers=0", "seed=3", "deterministic=true"]
+
+
+def test_schedules():
+    f = lambda name, step, **kw: lr_factor(ScheduleSection(name=name, **kw), step, 10, 9)
+    assert f("poly", 0) == 1.0 and f("poly", 45, power=1.0) == pytest.approx(0.5) and f("poly", 90) == 0.0
+    assert f("cosine", 45) == pytest.approx(0.5)
+    assert [f("step", s, step_size=3) for s in (29, 30, 60)] == pytest.approx([1.0, 0.1, 0.01])
+    assert [f("multistep", s, milestones=[2, 5]) for s in (19, 20, 50)] == pytest.approx([1.0, 0.1, 0.01])
+    assert [f("3-step-decay", s) for s in (29, 30, 60, 80)] == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    assert [f("2-step-decay", s) for s in (44, 45, 80)] == pytest.approx([1.0, 0.1, 0.01])
+    assert f("constant", 5, warmup_epochs=1.0, warmup_start=0.0) == pytest.approx(0.5)
+
+
+def test_overrides_and_config_errors(tmp_path):
+    data = apply_overrides({"optimizer": {"lr": 0.1}}, ["optimizer.lr=1e-4", "model.args={width: 8}", "epochs=2"])
+    assert data == {"optimizer": {"lr": 1e-4}, "model": {"args": {"width": 8}}, "epochs": 2}
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["epochs"])
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer.lrr' \(did you mean 'lr'\?\)"):
+        load_train_config(None, ["optimizer.lrr=0.1"])
+    (tmp_path / "c.yaml").write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        load_train_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_checkpoint_round_trip_continues_bit_exactly(name, tmp_path):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+        opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3) if name == "sgd"
+               else torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3))
+        return model, opt
+
+    def step(model, opt):
+        loss = model(torch.randn(2, 3, 6, 6)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model, opt = make()
+    for _ in range(3):
+        step(model, opt)
+    save_training_state(tmp_path / "last", model, opt, {"epoch": 1, "step": 3, "best_miou": 0.5})
+    step(model, opt)
+    copy, copy_opt = make()
+    assert load_training_state(tmp_path / "last", copy, copy_opt) == {"epoch": 1, "step": 3, "best_miou": 0.5}
+    step(copy, copy_opt)
+    for a, b in zip(model.state_dict().values(), copy.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """A real process is killed once its first checkpoint exists, then resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*TINY, "epochs=4", f"runs_dir={tmp_path}"]
+    run_cli("train", *args, "name=full", check=True)  # same process settings as the killed run
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "train", *args, "name=killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "last" / "state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_metrics_csv(run_dir / "metrics.csv"))
+    assert 1 <= done < 4, "the kill should land before the run finished"
+    proc = run_cli("train", "--resume", str(run_dir), check=True)
+    assert f"resuming {run_dir} after epoch" in proc.stdout
+    full_dir = tmp_path / "full"
+    rows_full, rows_resumed = read_metrics_csv(full_dir / "metrics.csv"), read_metrics_csv(run_dir / "metrics.csv")
+    assert len(rows_resumed) == 4
+    for key in ("train_loss", "val_miou", "lr"):
+        assert [r[key] for r in rows_full] == [r[key] for r in rows_resumed]
+    a = load_model_dir(full_dir / "best").model.state_dict()
+    b = load_model_dir(run_dir / "best").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_command_end_to_end(tmp_path):
+    proc = run_cli("train", *TINY, "epochs=2", f"runs_dir={tmp_path}", "name=cli", check=True)
+    run_dir = tmp_path / "cli"
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    assert (run_dir / "config.yaml").is_file() and len(read_metrics_csv(run_dir / "metrics.csv")) == 2
+    evaluated = run_cli("eval", str(run_dir / "best"), "--data", "synthetic:8", check=True)
+    assert "mIoU" in evaluated.stdout
+    assert error_line(run_cli("train", "optimizer.name=rmsprop", f"runs_dir={tmp_path}")).startswith(
+        "error: defaults: bad value for 'optimizer.name'")
+    assert not math.isnan(float(read_metrics_csv(run_dir / "metrics.csv")[-1]["val_miou"]))
