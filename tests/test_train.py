@@ -49,20 +49,22 @@ def test_checkpoint_round_trip_continues_bit_exactly(name, tmp_path):
                else torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3))
         return model, opt
 
-    def step(model, opt):
-        loss = model(torch.randn(2, 3, 6, 6)).square().mean()
+    batches = torch.randn(5, 2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    def step(model, opt, index):
+        loss = model(batches[index]).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     model, opt = make()
-    for _ in range(3):
-        step(model, opt)
+    for index in range(3):
+        step(model, opt, index)
     save_training_state(tmp_path / "last", model, opt, {"epoch": 1, "step": 3, "best_miou": 0.5})
-    step(model, opt)
+    step(model, opt, 3)
     copy, copy_opt = make()
     assert load_training_state(tmp_path / "last", copy, copy_opt) == {"epoch": 1, "step": 3, "best_miou": 0.5}
-    step(copy, copy_opt)
+    step(copy, copy_opt, 3)
     for a, b in zip(model.state_dict().values(), copy.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -108,3 +110,85 @@ def test_train_command_end_to_end(tmp_path):
     assert error_line(run_cli("train", "optimizer.name=rmsprop", f"runs_dir={tmp_path}")).startswith(
         "error: defaults: bad value for 'optimizer.name'")
     assert not math.isnan(float(read_metrics_csv(run_dir / "metrics.csv")[-1]["val_miou"]))
+
+
+def test_tensorboard_events_and_inline_dataset_mapping(tmp_path):
+    config = load_train_config(None, TINY + ["epochs=1", f"runs_dir={tmp_path}", "log_every=1",
+                                             "data.spec={format: synthetic, num_images: 8, height: 64, width: 96}"])
+    result = train(config, log=lambda _: None)
+    events = list((result.run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_pretrained_weights_from_a_local_model_dir(tmp_path):
+    from edgeseg.data.classes import CAMVID, generic_classes
+    from edgeseg.models import create_model, model_config_for, save_model_dir
+    from edgeseg.train.pretrained import load_pretrained
+
+    source = create_model("basic_encdec", num_classes=11, width=4)
+    path = save_model_dir(source, model_config_for(source, CAMVID, (64, 64)), tmp_path / "m")
+    same = create_model("basic_encdec", num_classes=11, width=4)
+    assert load_pretrained(same, str(path)) == (len(same.state_dict()), 0)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), same.state_dict().values()))
+    other = create_model("basic_encdec", num_classes=3, width=4)  # new classifier, reused backbone
+    loaded, skipped = load_pretrained(other, str(path / "model.safetensors"))
+    assert skipped == 2 and torch.equal(other.stem[0].conv.weight, source.stem[0].conv.weight)
+    with pytest.raises(ConfigError, match="model.pretrained: .*nope.safetensors: file not found"):
+        load_pretrained(other, str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ConfigError, match="no tensor matches"):
+        load_pretrained(create_model("jacintonet11_seg", 3, width=0.25), str(path))
+
+
+def test_defaults_file_is_the_schema(tmp_path):
+    from pathlib import Path
+
+    from edgeseg.train.config import TrainConfig, defaults_yaml
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
+    assert shipped.read_text() == defaults_yaml(), "regenerate: edgeseg train --defaults > configs/defaults.yaml"
+    assert load_train_config(shipped) == TrainConfig()
+
+
+def test_init_with_options_and_with_piped_answers(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "c.yaml"
+    run_cli("init", "-o", str(out), "--no-input", "--format", "synthetic", "--path", "8", "--model", "basic_encdec",
+            "--epochs", "3", "--crop", "64 96", "--augment", "flip", check=True)
+    config = load_train_config(out)
+    assert config.data.spec == "synthetic:8" and config.epochs == 3 and config.augment.crop == (64, 96)
+    assert config.augment.scale is None and config.augment.hflip == 0.5
+    assert "already exists" in error_line(run_cli("init", "-o", str(out), "--no-input"))
+
+    answers = "\n".join(["exp", "folder", "data/x", "0.2", "dabnet", "128 128", "4", "7", "sgd", "0.01",
+                         "cosine", "flip,scale,color"]) + "\n"
+    proc = subprocess.run([sys.executable, "-m", "edgeseg", "init", "-o", str(tmp_path / "i.yaml")],
+                          input=answers, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = load_train_config(tmp_path / "i.yaml")
+    assert config.data.spec.format == "folder" and config.data.spec.val_fraction == 0.2
+    assert (config.model.name, config.optimizer.name, config.schedule.name, config.epochs) == ("dabnet", "sgd", "cosine", 7)
+    assert config.augment.color_jitter is not None
+
+
+def test_two_process_gloo_ddp_run(tmp_path):
+    """torchrun with 2 CPU processes: rank 0 writes, validation is sharded and all-reduced."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgeseg",
+         "train", *TINY, "epochs=2", f"runs_dir={tmp_path}", "name=ddp", "data.spec=synthetic:16"],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    rows = read_metrics_csv(tmp_path / "ddp" / "metrics.csv")
+    assert len(rows) == 2 and int(rows[-1]["step"]) == 4  # 16 images / 2 ranks / batch 4 = 2 steps an epoch
+    best_row = max((r for r in rows if r["val_miou"]), key=lambda r: float(r["val_miou"]))
+    evaluated = run_cli("eval", str(tmp_path / "ddp" / "best"), "--data", "synthetic:16", "--json",
+                        str(tmp_path / "e.json"), check=True)
+    import json
+
+    assert json.loads((tmp_path / "e.json").read_text())["miou"] == pytest.approx(float(best_row["val_miou"]), abs=1e-5)

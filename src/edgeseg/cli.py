@@ -46,20 +46,80 @@ def train_command(
     config: Optional[Path] = typer.Argument(None, help="YAML config (defaults when omitted)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. epochs=5"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="run directory to continue from its last/ state"),
+    defaults: bool = typer.Option(False, "--defaults", help="print every config key with its default and exit"),
 ) -> None:
-    """Train a model; prints the run directory (config.yaml, metrics.csv, last/, best/)."""
-    from edgeseg.train.config import load_train_config
+    """Train a model; prints the run directory (config.yaml, metrics.csv, tb/, last/, best/).
+
+    Multi-GPU / multi-node: torchrun --nproc_per_node=N -m edgeseg train CONFIG."""
+    from edgeseg.train.config import defaults_yaml, load_train_config
     from edgeseg.train.loop import train
+
+    if defaults:
+        out.file.write(defaults_yaml())
+        return
 
     if config is not None and "=" in str(config):
         overrides = [str(config), *(overrides or [])]
         config = None
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
-    result = train(load_train_config(config, overrides or []), resume_dir=resume,
-                   log=lambda line: out.print(line, markup=False, soft_wrap=True))
-    out.print(f"best val mIoU {result.best_miou:.4f}")
-    out.print(str(result.run_dir))
+    def log(line: str) -> None:
+        out.print(line, markup=False, soft_wrap=True)
+        out.file.flush()
+
+    result = train(load_train_config(config, overrides or []), resume_dir=resume, log=log)
+    if result.is_main:
+        out.print(f"best val mIoU {result.best_miou:.4f}")
+        out.print(str(result.run_dir))
+
+
+@app.command("init")
+def init_command(
+    output: Path = typer.Option(Path("config.yaml"), "-o", "--output", help="config file to write"),
+    name: Optional[str] = typer.Option(None, "--name"),
+    data_format: Optional[str] = typer.Option(None, "--format", help="camvid, cityscapes, voc, folder, list, synthetic"),
+    path: Optional[str] = typer.Option(None, "--path", help="dataset path"),
+    val_fraction: Optional[str] = typer.Option(None, "--val-fraction"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    crop: Optional[str] = typer.Option(None, "--crop", help="'HEIGHT WIDTH'"),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size"),
+    epochs: Optional[str] = typer.Option(None, "--epochs"),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer"),
+    lr: Optional[str] = typer.Option(None, "--lr"),
+    schedule: Optional[str] = typer.Option(None, "--schedule"),
+    augment: Optional[str] = typer.Option(None, "--augment", help="comma separated: flip,scale,color"),
+    no_input: bool = typer.Option(False, "--no-input", help="never ask: defaults for anything not given"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Answer a few questions (or give them as options) and get a training config."""
+    import yaml
+
+    from edgeseg.errors import ConfigError
+    from edgeseg.fileio import atomic_write_text
+    from edgeseg.init_config import ask_all, build_config
+
+    if output.exists() and not force:
+        raise ConfigError(f"{output}: already exists (use --force to overwrite)")
+    given = {"name": name, "format": data_format, "path": path, "val_fraction": val_fraction, "model": model,
+             "crop": crop, "batch_size": batch_size, "epochs": epochs, "optimizer": optimizer, "lr": lr,
+             "schedule": schedule, "augment": augment}
+
+    def ask(question) -> str:
+        if no_input:
+            return question.default
+        options = f" ({'/'.join(question.choices)})" if question.choices else ""
+        while True:
+            answer = str(typer.prompt(question.text + options, default=question.default)).strip()
+            if not question.choices or answer in question.choices:
+                return answer
+            out.print(f"choose one of: {', '.join(question.choices)}")
+
+    try:
+        config = build_config(ask_all(given, ask))
+    except ValueError as err:
+        raise ConfigError(f"edgeseg init: {str(err).splitlines()[0]}") from None
+    atomic_write_text(output, yaml.safe_dump(config, sort_keys=False))
+    out.print(f"wrote {output}; train with: edgeseg train {output}")
 
 
 @app.command("eval")

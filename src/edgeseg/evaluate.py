@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from edgeseg.data.dataset import SegmentationDataset
 from edgeseg.data.transforms import EvalTransform
@@ -21,11 +21,14 @@ def stack_same_size(batch):
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
 
-def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_workers: int = 1) -> dict:
+def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_workers: int = 1,
+             shard: tuple[int, int] = (0, 1)) -> dict:
     """mIoU, pixel and mean class accuracy and per-class IoU of ``predictor`` on ``dataset``.
 
     Guarantees: every pixel of every image is scored at the image's own resolution; ignore
-    pixels never count; the class sets of model and data must agree in size.
+    pixels never count; the class sets of model and data must agree in size. With
+    ``shard=(rank, world_size)`` each process scores every world_size-th image and the
+    confusion matrices are summed across processes, so every rank gets the full result.
     """
     if dataset.classes.num_classes != predictor.classes.num_classes:
         raise EdgesegError(f"model predicts {predictor.classes.num_classes} classes but the dataset has "
@@ -33,10 +36,12 @@ def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_w
     if len(dataset) == 0:
         raise DataError(f"split '{dataset.split}' has no images")
     dataset.transform = EvalTransform(predictor.config.mean, predictor.config.std)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    rank, world_size = shard
+    images = dataset if world_size == 1 else Subset(dataset, list(range(rank, len(dataset), world_size)))
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=stack_same_size, pin_memory=predictor.device.type == "cuda")
     confusion = ConfusionMatrix(predictor.classes.num_classes, dataset.classes.ignore_index, predictor.device)
-    batches = (len(dataset) + batch_size - 1) // batch_size
+    batches = (len(images) + batch_size - 1) // batch_size
     for images, labels in track(loader, batches, f"eval {dataset.split}"):
         confusion.update(predictor.labels(images), labels.to(predictor.device))
     confusion.all_reduce()

@@ -21,18 +21,19 @@ ACTIVATIONS = {
 
 
 class ConvBNAct(nn.Module):
-    """conv -> batch norm -> activation, 'same' padding for odd kernels.
+    """conv -> batch norm -> activation, 'same' padding for odd (possibly rectangular) kernels.
 
     ``bn=False`` gives the conv a bias instead (as after BN folding); ``act='none'`` leaves
     the output linear (a classifier).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 dilation: int = 1, groups: int = 1, bn: bool = True, act: str = "relu") -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
+                 stride: int = 1, dilation: int = 1, groups: int = 1, bn: bool = True, act: str = "relu") -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{act}' (valid: {', '.join(ACTIVATIONS)})")
-        padding = dilation * (kernel_size - 1) // 2
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=not bn)
         self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
         self.act = ACTIVATIONS[act](out_channels)

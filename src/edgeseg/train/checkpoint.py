@@ -1,9 +1,9 @@
 """Resumable training state without pickles: tensors in safetensors, the rest in JSON.
 
 ``last/`` holds ``model.safetensors``, ``optimizer.safetensors`` (every tensor of the
-optimizer state, keyed ``<param index>.<name>``), ``state.json`` (epoch, step, best mIoU,
-optimizer hyper-parameters and scalar state) and ``rng.safetensors`` (torch CPU and CUDA
-generator states). The folder is replaced atomically.
+optimizer state, keyed ``<param index>.<name>``) and ``state.json`` (epoch, step, best mIoU,
+optimizer hyper-parameters and scalar state). Random state needs no file: the loop reseeds
+from (seed, epoch, rank) at every epoch. The folder is replaced atomically.
 """
 
 from __future__ import annotations
@@ -44,21 +44,17 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     """Write ``last/`` atomically; ``progress`` is JSON-able (epoch, step, best_miou, ...)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_data = optimizer_to_files(optimizer)
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"torch_cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
 
     def build(tmp: Path) -> None:
         save_file(weights, str(tmp / "model.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"progress": progress, "optimizer": opt_data}, indent=1))
 
     return atomic_replace_dir(build, path)
 
 
 def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model, optimizer and RNG from ``last/``; returns the saved progress."""
+    """Restore model and optimizer from ``last/``; returns the saved progress."""
     try:
         data = json.loads((path / "state.json").read_text())
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
@@ -66,13 +62,8 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
         opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
                        for k, v in load_file(str(path / "optimizer.safetensors")).items()}
         optimizer_from_files(optimizer, opt_tensors, data["optimizer"])
-        rng = load_file(str(path / "rng.safetensors"))
     except FileNotFoundError as err:
         raise EdgesegError(f"{path}: cannot resume, {Path(err.filename).name} is missing") from None
     except (ValueError, RuntimeError, KeyError) as err:
         raise EdgesegError(f"{path}: cannot resume, the checkpoint does not fit this config ({str(err).splitlines()[0]})") from None
-    torch.set_rng_state(rng["torch_cpu"])
-    cuda_states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
     return data["progress"]

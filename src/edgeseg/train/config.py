@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
 from edgeseg.schema import StrictModel, load_yaml, validate
@@ -21,6 +22,7 @@ SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 class ModelSection(StrictModel):
     name: str = "basic_encdec"
     args: dict[str, Any] = Field(default_factory=dict, description="constructor arguments, e.g. width")
+    pretrained: str | None = Field(None, description="a local .safetensors file, a model dir, or an explicit URL")
 
 
 class OptimizerSection(StrictModel):
@@ -47,7 +49,7 @@ class LossSection(StrictModel):
 
 
 class DataSection(StrictModel):
-    spec: str = "synthetic"
+    spec: str | DatasetConfig = Field("synthetic", description="a dataset spec string or a dataset mapping")
     train_split: str = "train"
     val_split: str = "val"
     cache: bool = Field(True, description="keep decoded images in memory")
@@ -68,12 +70,16 @@ class TrainConfig(StrictModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     loss: LossSection = Field(default_factory=LossSection)
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
     clip_grad_norm: float | None = Field(None, gt=0)
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
+    channels_last: bool = Field(True, description="channels-last memory format on CUDA")
+    tensorboard: bool = True
+    log_every: int = Field(20, ge=1, description="steps between TensorBoard loss/lr points")
 
 
 def parse_value(raw: str, item: str):
@@ -118,3 +124,34 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
     return validate(TrainConfig, apply_overrides(data, list(overrides)), source)
+
+
+def defaults_yaml() -> str:
+    """The default config as YAML, each key commented with its description."""
+    lines = ["# edgeseg training defaults: every key, its default and what it means.",
+             "# A config file only needs the keys it changes; unknown keys are errors.", ""]
+
+    def walk(model_cls, values: dict, indent: str) -> None:
+        for name, info in model_cls.model_fields.items():
+            value = values[name]
+            comment = f"  # {info.description}" if info.description else ""
+            sub = _section_type(info.annotation)
+            if sub is not None and isinstance(value, dict):
+                lines.append(f"{indent}{name}:{comment}")
+                walk(sub, value, indent + "  ")
+            else:
+                rendered = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+                rendered = rendered[:-4].rstrip() if rendered.endswith("\n...") else rendered
+                lines.append(f"{indent}{name}: {rendered}{comment}")
+
+    walk(TrainConfig, TrainConfig().model_dump(mode="json"), "")
+    return "\n".join(lines) + "\n"
+
+
+def _section_type(annotation):
+    from pydantic import BaseModel
+
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

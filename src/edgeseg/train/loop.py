@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import random
@@ -12,20 +13,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
-from edgeseg.data.transforms import EvalTransform, TrainTransform
+from edgeseg.data.transforms import TrainTransform
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
 from edgeseg.models import create_model, model_config_for, save_model_dir
-from edgeseg.runtime import resolve_device
+from edgeseg.runtime import track
+from edgeseg.train import distributed
 from edgeseg.train.checkpoint import load_training_state, save_training_state
 from edgeseg.train.config import TrainConfig
+from edgeseg.train.pretrained import load_pretrained
 from edgeseg.train.schedules import lr_factor
+from edgeseg.train.tblog import TensorBoardLog
 
 CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_acc", "epoch_seconds", "train_images_per_s"]
 
@@ -35,6 +40,7 @@ class RunResult:
     run_dir: Path
     best_miou: float
     last_metrics: dict | None
+    is_main: bool = True
 
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -46,14 +52,10 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
     return candidate
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -95,11 +97,26 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
     """Train per ``config``; with ``resume_dir`` continue that run from its ``last/`` state.
 
     Guarantees: the run directory holds config.yaml (the resolved config), metrics.csv (one
-    row per epoch), last/ (resumable state, replaced atomically each epoch) and best/ (a
-    model directory, the epoch with the best val mIoU).
+    row per epoch), tb/ (TensorBoard), last/ (resumable state, replaced atomically each
+    epoch) and best/ (a model directory, the epoch with the best val mIoU). Randomness is
+    reseeded every epoch from (seed, epoch, rank), so a resumed run continues exactly.
+    Under torchrun every process trains on its shard; rank 0 alone writes.
     """
-    seed_everything(config.seed, config.deterministic)
-    device = resolve_device(config.device)
+    process = distributed.start(config.device)
+    try:
+        return _train(config, resume_dir, log if process.is_main else (lambda _: None), process)
+    finally:
+        distributed.stop(process)
+
+
+def _train(config: TrainConfig, resume_dir: Path | None, log, process: distributed.Process) -> RunResult:
+    device, cuda = process.device, process.device.type == "cuda"
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = cuda
+    seed_everything(config.seed)
     source = open_source(config.data.spec)
     classes = source.classes
     train_set = source.dataset(config.data.train_split, cache=config.data.cache,
@@ -107,8 +124,15 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
     val_set = source.dataset(config.data.val_split, cache=config.data.cache)
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
-    model = create_model(config.model.name, classes.num_classes, **config.model.args).to(device)
+    model = create_model(config.model.name, classes.num_classes, **config.model.args)
+    if config.model.pretrained and resume_dir is None:
+        loaded, skipped = load_pretrained(model, config.model.pretrained)
+        log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
+    model.to(device)
+    memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     optimizer = build_optimizer(config, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(config, train_set, device),
                                           ignore_index=classes.ignore_index)
     input_size = tuple(config.augment.crop) if config.augment.crop else val_set.read(0)[1].shape
@@ -116,55 +140,83 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
                                     history=[{"stage": "train", "config": config.name}])
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, step, best = 0, 0, -1.0
-    rows: list[dict] = []
+    if process.distributed:  # every rank must agree on rank 0's choice of folder
+        run_dir = Path(distributed.broadcast_text(process, str(run_dir)))
+    start_epoch, step, best, rows = 0, 0, -1.0, []
     if resume_dir is not None:
         progress = load_training_state(run_dir / "last", model, optimizer)
         start_epoch, step, best = progress["epoch"], progress["step"], progress["best_miou"]
+        scaler.load_state_dict(progress.get("grad_scaler") or scaler.state_dict())
         rows = read_metrics_csv(run_dir / "metrics.csv")[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if process.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    tb = TensorBoardLog(run_dir / "tb", config.tensorboard and process.is_main)
 
+    net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if process.distributed else model
+    sampler = DistributedSampler(train_set, process.world_size, process.rank, shuffle=True, seed=config.seed,
+                                 drop_last=True) if process.distributed else None
     loader_generator = torch.Generator()
-    steps_per_epoch = max(1, len(train_set) // config.batch_size)
+    shard = len(train_set) // process.world_size
+    steps_per_epoch = max(1, shard // config.batch_size)
     predictor = TorchPredictor(model, model_config, device)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda and config.amp else contextlib.nullcontext
     last_metrics = None
     for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + process.rank)
         loader_generator.manual_seed(config.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            num_workers=config.data.num_workers, generator=loader_generator,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                            drop_last=True, num_workers=config.data.num_workers, generator=loader_generator,
+                            pin_memory=cuda)
+        net.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
-        for images, labels in loader:
+        for images, labels in track(loader, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}"):
             lr = config.optimizer.lr * lr_factor(config.schedule, step, steps_per_epoch, config.epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            loss = criterion(model(images), labels)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with autocast():
+                loss = criterion(net(images), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.clip_grad_norm:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
-            total_loss += float(loss.detach()) * images.shape[0]
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = float(loss.detach())
+            total_loss += loss_value * images.shape[0]
             seen += images.shape[0]
             step += 1
+            if step % config.log_every == 0:
+                tb.scalars(step, **{"train/loss": loss_value, "train/lr": lr})
         seconds = time.perf_counter() - started
+        total_loss, seen = distributed.sum_across(process, total_loss, seen)
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
                "train_images_per_s": f"{seen / seconds:.2f}"}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             model.eval()
-            last_metrics = evaluate(predictor, val_set, num_workers=0)
+            last_metrics = evaluate(predictor, val_set, num_workers=0,
+                                    shard=(process.rank, process.world_size))
             row.update(val_miou=f"{last_metrics['miou']:.5f}", val_pixel_acc=f"{last_metrics['pixel_acc']:.5f}")
-            if last_metrics["miou"] > best:
-                best = last_metrics["miou"]
-                save_model_dir(model, model_config, run_dir / "best")
+            tb.evaluation(step, last_metrics)
+            if process.is_main:
+                tb.overlays(step, predictor, val_set)
+                if last_metrics["miou"] > best:
+                    best = last_metrics["miou"]
+                    save_model_dir(model, model_config, run_dir / "best")
         rows.append(row)
-        write_metrics_csv(run_dir / "metrics.csv", rows)
-        save_training_state(run_dir / "last", model, optimizer, {"epoch": epoch + 1, "step": step, "best_miou": best})
+        if process.is_main:
+            write_metrics_csv(run_dir / "metrics.csv", rows)
+            save_training_state(run_dir / "last", model, optimizer, {
+                "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()})
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
             f"val mIoU {row['val_miou'] or '-'}  ({seconds:.1f} s, {row['train_images_per_s']} img/s)")
-    return RunResult(run_dir, best, last_metrics)
+    tb.close()
+    return RunResult(run_dir, best, last_metrics, process.is_main)
+

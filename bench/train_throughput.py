@@ -1,0 +1,90 @@
+"""Training throughput: the edgeseg engine vs a bare PyTorch loop on the same model, data,
+transforms, DataLoader settings and batch, interleaved in one run (engine, bare, engine, ...).
+
+The engine's rate is its own per-epoch figure from metrics.csv (the training loop with lr
+schedule, AMP/TensorBoard hooks, loss bookkeeping and progress); the per-epoch checkpoint
+write, outside that loop, is timed separately and reported.
+
+    python bench/train_throughput.py [--data camvid:../shared/data/camvid] [--model jacintonet11_seg]
+        [--width 0.5] [--epochs 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from edgeseg.data.spec import open_source
+from edgeseg.data.transforms import TrainTransform
+from edgeseg.models import create_model
+from edgeseg.train.checkpoint import save_training_state
+from edgeseg.train.config import load_train_config
+from edgeseg.train.loop import build_optimizer, read_metrics_csv, train
+
+
+def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
+    """One epoch of the plainest loop; returns images per second."""
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=config.data.num_workers)
+    model.train()
+    start, seen = time.perf_counter(), 0
+    for images, labels in loader:
+        loss = criterion(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += images.shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="camvid:../shared/data/camvid")
+    parser.add_argument("--model", default="jacintonet11_seg")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    runs = Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
+    overrides = [f"data.spec={args.data}", f"model.name={args.model}", f"model.args={{width: {args.width}}}",
+                 "augment.crop=[240,320]", "augment.scale={min: 0.75, max: 1.5}", f"batch_size={args.batch_size}",
+                 f"epochs={args.epochs}", f"eval_every={args.epochs}", "data.num_workers=1", f"runs_dir={runs}"]
+    config = load_train_config(None, overrides)
+    source = open_source(config.data.spec)
+    dataset = source.dataset("train", cache=True, transform=TrainTransform(config.augment)).preload()
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+
+    engine_rates, bare_rates, checkpoint_seconds = [], [], []
+    for round_index in range(args.rounds):
+        result = train(load_train_config(None, overrides + [f"name=r{round_index}"]), log=lambda _: None)
+        engine_rates += [float(r["train_images_per_s"]) for r in read_metrics_csv(result.run_dir / "metrics.csv")]
+        torch.manual_seed(round_index)
+        model = create_model(config.model.name, source.classes.num_classes, **config.model.args)
+        optimizer = build_optimizer(config, model)
+        bare_rates += [bare_epoch(config, dataset, model, optimizer, criterion) for _ in range(args.epochs)]
+        start = time.perf_counter()
+        save_training_state(runs / "ckpt", model, optimizer, {"epoch": 0})
+        checkpoint_seconds.append(time.perf_counter() - start)
+
+    engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"model {args.model} width {args.width}, {args.data} train ({len(dataset)} images), 240x320 crops, "
+          f"batch {args.batch_size}, {torch.get_num_threads()} threads; median of {len(engine_rates)} epochs each")
+    print(f"{'loop':<10} {'images/s':>10}")
+    print(f"{'bare':<10} {bare:>10.2f}")
+    print(f"{'engine':<10} {engine:>10.2f}")
+    print(f"engine / bare: {100 * engine / bare:.1f} %; checkpoint write per epoch: "
+          f"{1000 * statistics.median(checkpoint_seconds):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
