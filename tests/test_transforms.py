@@ -74,3 +74,15 @@ def test_augment_config_rejects_unknown_keys_and_bad_ranges():
         validate(AugmentConfig, {"scale": {"mn": 0.5}}, "train.augment")
     with pytest.raises(ConfigError, match="scale min 2.0 exceeds max 1.0"):
         validate(AugmentConfig, {"scale": {"min": 2.0, "max": 1.0}}, "train.augment")
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation"])
+def test_photometric_ops_match_torchvision(name):
+    import torchvision.transforms.v2.functional as TF
+
+    from edgeseg.data.transforms import adjust
+
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8))
+    for factor in (0.6, 1.4):
+        reference = getattr(TF, f"adjust_{name}")(image, factor).float()
+        assert (adjust(image.float(), name, factor) - reference).abs().max() <= 1.5  # torchvision rounds to uint8

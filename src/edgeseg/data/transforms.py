@@ -117,18 +117,36 @@ class TrainTransform:
         return self.normalize(image, label)
 
     def _jitter(self, image: torch.Tensor, jitter: JitterConfig) -> torch.Tensor:
-        ops = []
-        if jitter.brightness:
-            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.brightness), 1 + jitter.brightness): F.adjust_brightness(im, f))
-        if jitter.contrast:
-            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.contrast), 1 + jitter.contrast): F.adjust_contrast(im, f))
-        if jitter.saturation:
-            ops.append(lambda im, f=self._uniform(max(0.0, 1 - jitter.saturation), 1 + jitter.saturation): F.adjust_saturation(im, f))
-        if jitter.hue:
-            ops.append(lambda im, f=self._uniform(-jitter.hue, jitter.hue): F.adjust_hue(im, f))
-        for index in torch.randperm(len(ops)).tolist():
-            image = ops[index](image)
-        return image
+        """Brightness, contrast, saturation and hue in random order, as torchvision defines
+        them, computed in float in one pass (no uint8 round trip between the ops)."""
+        factors = {name: self._uniform(max(0.0, 1 - amount), 1 + amount)
+                   for name, amount in (("brightness", jitter.brightness), ("contrast", jitter.contrast),
+                                        ("saturation", jitter.saturation)) if amount}
+        hue = self._uniform(-jitter.hue, jitter.hue) if jitter.hue else None
+        names = [*factors, *(["hue"] if hue is not None else [])]
+        x = image.float()
+        for index in torch.randperm(len(names)).tolist():
+            name = names[index]
+            if name == "hue":
+                x = F.adjust_hue(x / 255.0, hue) * 255.0
+            else:
+                x = adjust(x, name, factors[name])
+        return x
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+
+
+def adjust(x: torch.Tensor, name: str, factor: float) -> torch.Tensor:
+    """One photometric op on a float (3, H, W) image in [0, 255], clamped to that range."""
+    if name == "brightness":
+        out = x * factor
+    elif name == "contrast":
+        out = factor * x + (1 - factor) * _gray(x).mean()
+    else:
+        out = factor * x + (1 - factor) * _gray(x)
+    return out.clamp_(0.0, 255.0)
 
 
 class EvalTransform:

@@ -78,6 +78,28 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
 
 
+class PoolConcatDownsample(nn.Module):
+    """ENet-style downsampling: a stride-2 3x3 conv concatenated with 2x2 max pooling of
+    the input when the output is wider than the input (else the conv alone), then BN and
+    the activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, act: str = "relu") -> None:
+        super().__init__()
+        self.pool_channels = in_channels if out_channels > in_channels else 0
+        pooled = bool(self.pool_channels)
+        self.conv = ConvBNAct(in_channels, out_channels - self.pool_channels, 3, stride=2,
+                              bn=not pooled, act="none" if pooled else act)
+        self.concat = Concat()
+        self.bn = nn.BatchNorm2d(out_channels) if pooled else nn.Identity()
+        self.act = ACTIVATIONS[act](out_channels) if pooled else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.pool_channels:
+            y = self.act(self.bn(self.concat(y, F.max_pool2d(x, 2))))
+        return y
+
+
 class SegmentationModel(nn.Module):
     """Base of every registered model: NCHW logits at input resolution.
 

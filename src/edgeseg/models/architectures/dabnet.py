@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.models.blocks import Add, Concat, ConvBNAct, SegmentationModel, Upsample
+from edgeseg.models.blocks import Add, Concat, ConvBNAct, PoolConcatDownsample, SegmentationModel, Upsample
 from edgeseg.models.registry import register_model
 
 
@@ -42,25 +42,6 @@ class DABModule(nn.Module):
         return self.out_act(self.residual(y, x))
 
 
-class Downsample(nn.Module):
-    """ENet/DABNet downsampling: a stride-2 3x3 conv, concatenated with max pooling when
-    the output is wider than the input."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.pool_channels = in_channels if out_channels > in_channels else 0
-        self.conv = ConvBNAct(in_channels, out_channels - self.pool_channels, 3, stride=2,
-                              act="prelu" if not self.pool_channels else "none")
-        self.concat = Concat()
-        self.act = nn.Sequential(nn.BatchNorm2d(out_channels), nn.PReLU(out_channels)) if self.pool_channels else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if self.pool_channels:
-            y = self.act(self.concat(y, F.max_pool2d(x, 2)))
-        return y
-
-
 class DABNet(SegmentationModel):
     output_stride = 8
 
@@ -71,10 +52,10 @@ class DABNet(SegmentationModel):
                                   ConvBNAct(c1, c1, act="prelu"))
         self.inject = Concat()
         self.bn_prelu1 = nn.Sequential(nn.BatchNorm2d(c1 + 3), nn.PReLU(c1 + 3))
-        self.down2 = Downsample(c1 + 3, c2)
+        self.down2 = PoolConcatDownsample(c1 + 3, c2, act="prelu")
         self.stage2 = nn.Sequential(*(DABModule(c2, 2) for _ in range(blocks[0])))
         self.bn_prelu2 = nn.Sequential(nn.BatchNorm2d(2 * c2 + 3), nn.PReLU(2 * c2 + 3))
-        self.down3 = Downsample(2 * c2 + 3, c3)
+        self.down3 = PoolConcatDownsample(2 * c2 + 3, c3, act="prelu")
         dilations = [4, 4, 8, 8, 16, 16][: blocks[1]] + [16] * max(0, blocks[1] - 6)
         self.stage3 = nn.Sequential(*(DABModule(c3, d) for d in dilations))
         self.bn_prelu3 = nn.Sequential(nn.BatchNorm2d(2 * c3 + 3), nn.PReLU(2 * c3 + 3))
