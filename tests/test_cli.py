@@ -99,6 +99,7 @@ def test_help_lists_the_commands():
 def test_demo_runs_and_prints_a_per_class_table(tmp_path):
     proc = run_cli("demo", "--out", str(tmp_path / "demo"), check=True)
     assert "label doctor" in proc.stdout and "mIoU" in proc.stdout and "bicyclist" in proc.stdout
+    assert "epoch 40/40" in proc.stdout
     metrics = json.loads((tmp_path / "demo" / "eval.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0
     assert len(list((tmp_path / "demo" / "predictions").glob("*_overlay.png"))) == 4

@@ -1,7 +1,7 @@
 """``edgeseg demo``: the pipeline on built-in synthetic street scenes, runnable anywhere.
 
-Today it covers what has landed: the label doctor, a model directory, full-resolution
-evaluation and prediction. Training and compression stages join as they land.
+Today: the label doctor, a short training run, full-resolution evaluation of the best
+checkpoint, and prediction with overlays. Compression and export stages join as they land.
 """
 
 from __future__ import annotations
@@ -18,33 +18,35 @@ from edgeseg.data.spec import open_source
 from edgeseg.evaluate import evaluate
 from edgeseg.fileio import atomic_write_json
 from edgeseg.inference import load_predictor
-from edgeseg.models import create_model, model_config_for, save_model_dir
 from edgeseg.predict import predict_images
 from edgeseg.reports import print_doctor
+from edgeseg.train.config import load_train_config
+from edgeseg.train.loop import train
 
-DEMO_SPEC = "synthetic:32"
+DEMO_SPEC = "synthetic:48"
+DEMO_TRAINING = [f"data.spec={DEMO_SPEC}", "name=demo", "model.name=basic_encdec", "model.args={width: 16}",
+                 "augment.crop=[160,224]", "augment.scale={min: 0.75, max: 1.25}", "epochs=40",
+                 "batch_size=8", "eval_every=10", "optimizer.lr=0.003", "data.num_workers=0", "tensorboard=false"]
 
 
 def run_demo(out_dir: Path, console: Console) -> dict:
-    """Doctor -> model dir -> eval -> predict on synthetic data; returns the eval metrics."""
+    """Doctor -> train -> eval -> predict on synthetic data; returns the eval metrics."""
     from edgeseg.cli import print_metrics
 
-    torch.manual_seed(0)
     source = open_source(DEMO_SPEC)
     console.rule("1. label doctor")
     print_doctor(check_dataset(source, ["train", "val"]), console)
 
-    console.rule("2. model directory")
-    model = create_model("basic_encdec", source.classes.num_classes, width=16)
-    val = source.dataset("val")
-    height, width = val.read(0)[1].shape
-    model_dir = save_model_dir(model, model_config_for(model, source.classes, (height, width)), out_dir / "model")
-    console.print(f"saved an untrained basic_encdec to {model_dir} (training lands with the training engine)")
+    console.rule("2. training (basic_encdec, synthetic scenes, about a minute)")
+    config = load_train_config(None, DEMO_TRAINING + [f"runs_dir={out_dir}"])
+    result = train(config, log=lambda line: console.print(line, markup=False, soft_wrap=True))
+    model_dir = result.run_dir / "best"
 
-    console.rule("3. evaluation (full resolution)")
+    console.rule("3. evaluation of the best checkpoint (full resolution)")
     predictor = load_predictor(model_dir, torch.device("cpu"))
+    val = source.dataset("val")
     metrics = evaluate(predictor, val, num_workers=0)
-    print_metrics(metrics, f"{model_dir.name} on {DEMO_SPEC} [val]")
+    print_metrics(metrics, f"{model_dir} on {DEMO_SPEC} [val]")
     atomic_write_json(out_dir / "eval.json", metrics)
 
     console.rule("4. prediction")

@@ -46,6 +46,7 @@ class ScheduleSection(StrictModel):
 
 class LossSection(StrictModel):
     class_weights: Literal["none", "median_frequency", "enet"] = "none"
+    class_weight_power: float = Field(1.0, ge=0, description="weights ** power; 0.5 softens them")
 
 
 class DataSection(StrictModel):

@@ -58,6 +58,19 @@ def sum_across(process: Process, *values: float) -> list[float]:
     return tensor.tolist()
 
 
+def share_buffers(process: Process, model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers only at the start of a training forward, so after an epoch each rank
+    holds the statistics of its own last batch; evaluating a shard with those would make
+    the all-reduced confusion matrix disagree with the checkpoint rank 0 saves.
+    """
+    if not process.distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, 0)
+
+
 def broadcast_text(process: Process, text: str) -> str:
     """Rank 0's string, on every rank (sent as bytes, never pickled)."""
     if not process.distributed:

@@ -75,7 +75,8 @@ def loss_weights(config: TrainConfig, train_set, device) -> torch.Tensor | None:
     if report.problems:
         raise EdgesegError(report.problems[0])
     weights = class_weights(report, train_set.classes.num_classes)[config.loss.class_weights]
-    return torch.tensor([w if w is not None else 0.0 for w in weights], dtype=torch.float32, device=device)
+    power = config.loss.class_weight_power
+    return torch.tensor([w ** power if w is not None else 0.0 for w in weights], dtype=torch.float32, device=device)
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -200,6 +201,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
                "train_images_per_s": f"{seen / seconds:.2f}"}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            distributed.share_buffers(process, model)
             model.eval()
             last_metrics = evaluate(predictor, val_set, num_workers=0,
                                     shard=(process.rank, process.world_size))
