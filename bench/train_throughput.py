@@ -5,8 +5,8 @@ The engine's rate is its own per-epoch figure from metrics.csv (the training loo
 schedule, AMP/TensorBoard hooks, loss bookkeeping and progress); the per-epoch checkpoint
 write, outside that loop, is timed separately and reported.
 
-    python bench/train_throughput.py [--data camvid:../shared/data/camvid] [--model jacintonet11_seg]
-        [--width 0.5] [--epochs 2] [--rounds 3]
+    python bench/train_throughput.py [--data camvid:../shared/data/camvid] [--model swiftnet]
+        [--model-args "{width: 0.25, decoder: 32}"] [--epochs 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -47,16 +47,16 @@ def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="camvid:../shared/data/camvid")
-    parser.add_argument("--model", default="jacintonet11_seg")
-    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--model", default="swiftnet")
+    parser.add_argument("--model-args", default="{width: 0.25, decoder: 32}", help="YAML mapping")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
     runs = Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
-    overrides = [f"data.spec={args.data}", f"model.name={args.model}", f"model.args={{width: {args.width}}}",
-                 "augment.crop=[240,320]", "augment.scale={min: 0.75, max: 1.5}", f"batch_size={args.batch_size}",
+    overrides = [f"data.spec={args.data}", f"model.name={args.model}", f"model.args={args.model_args}",
+                 "augment.crop=[256,320]", "augment.scale={min: 0.75, max: 1.5}", f"batch_size={args.batch_size}",
                  f"epochs={args.epochs}", f"eval_every={args.epochs}", "data.num_workers=1", f"runs_dir={runs}"]
     config = load_train_config(None, overrides)
     source = open_source(config.data.spec)
@@ -77,7 +77,7 @@ def main() -> None:
 
     engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"model {args.model} width {args.width}, {args.data} train ({len(dataset)} images), 240x320 crops, "
+    print(f"model {args.model} {args.model_args}, {args.data} train ({len(dataset)} images), 256x320 crops, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads; median of {len(engine_rates)} epochs each")
     print(f"{'loop':<10} {'images/s':>10}")
     print(f"{'bare':<10} {bare:>10.2f}")

@@ -184,6 +184,68 @@ def info_command(
     print_profile(profile_model(loaded.model, input_size), loaded.config, out)
 
 
+@app.command("fold-bn")
+def fold_bn_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    out_dir: Path = typer.Option(..., "--out", help="the folded model directory to write"),
+    data: Optional[str] = typer.Option(None, "--data", help="check on real images of this dataset spec"),
+    split: str = typer.Option("val", "--split"),
+    images: int = typer.Option(4, "--images", min=1, help="how many images to check on"),
+) -> None:
+    """Merge every BatchNorm into the conv before it (caffe-jacinto's "optimize"); checks the
+    folded model against the original and prints the largest logit difference."""
+    from edgeseg.compress.bn_fold import fold_model_dir
+    from edgeseg.data.spec import open_dataset
+    from edgeseg.data.transforms import EvalTransform
+    from edgeseg.models.model_dir import read_model_config
+
+    check = None
+    if data:
+        config = read_model_config(model)
+        dataset = open_dataset(data, split)
+        dataset.transform = EvalTransform(config.mean, config.std)
+        check = [dataset[i][0] for i in range(min(images, len(dataset)))]
+    metrics = fold_model_dir(model, out_dir, check)
+    where = f"{metrics['check_images']} {'images of ' + data if data else 'random inputs'}"
+    out.print(f"folded {metrics['folded_into_conv']} BatchNorms into convs, {metrics['made_affine']} into "
+              f"per-channel affines; max |logit difference| {metrics['max_abs_diff']:.2e} on {where}; "
+              f"zero weights {metrics['zeros_before']} -> {metrics['zeros_after']}; wrote {out_dir}")
+
+
+@app.command("threshold")
+def threshold_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    out_dir: Path = typer.Option(..., "--out", help="the thresholded model directory to write"),
+    fraction_low: float = typer.Option(0.40, "--fraction-low", help="target zero fraction of small layers"),
+    fraction_mid: float = typer.Option(0.80, "--fraction-mid", help="... of layers with ni >= 32 and no >= 32"),
+    fraction_high: float = typer.Option(0.80, "--fraction-high", help="... of layers with ni >= 256 and no >= 512"),
+    value_max: float = typer.Option(0.2, "--value-max", help="absolute cap on a threshold"),
+    value_maxratio: float = typer.Option(0.2, "--value-maxratio", help="cap as a fraction of the layer's max|w|"),
+    step_factor: float = typer.Option(1e-6, "--step-factor", help="threshold grid step as a fraction of max|w|"),
+    per_channel: bool = typer.Option(False, "--per-channel/--per-layer", help="one threshold per output channel"),
+) -> None:
+    """Zero the smallest conv weights to a target sparsity per layer (caffe-jacinto's threshold
+    tool: low/mid/high channel-count buckets, capped thresholds)."""
+    from edgeseg.compress.threshold import ThresholdConfig, threshold_model_dir
+    from edgeseg.schema import validate
+
+    config = validate(ThresholdConfig, dict(
+        fraction_low=fraction_low, fraction_mid=fraction_mid, fraction_high=fraction_high, value_max=value_max,
+        value_maxratio=value_maxratio, step_factor=step_factor, per_channel=per_channel), "threshold options")
+    rows, metrics = threshold_model_dir(model, out_dir, config)
+    table = Table(title=f"threshold {'per output channel' if per_channel else 'per layer'}")
+    for column in ("layer", "bucket", "target %", "achieved %", "threshold" + (" (max)" if per_channel else ""),
+                   "capped"):
+        table.add_column(column, justify="left" if column in ("layer", "bucket") else "right")
+    for row in rows:
+        capped = f"{row.capped_units}/{row.units}" if per_channel else ("yes" if row.capped_units else "no")
+        table.add_row(row.name, row.bucket, f"{100 * row.target:.1f}", f"{100 * row.achieved:.2f}",
+                      f"{row.threshold:.3g}", capped)
+    out.print(table)
+    out.print(f"conv weight sparsity {100 * metrics['sparsity_before']:.2f} % -> "
+              f"{100 * metrics['sparsity_after']:.2f} %; wrote {out_dir}")
+
+
 @data_app.command("check")
 def data_check(
     spec: str = typer.Argument(..., help="dataset spec: camvid:PATH, voc:PATH, folder:PATH, list:FILE, synthetic, x.yaml"),

@@ -41,6 +41,7 @@ class ModelConfig(StrictModel):
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: tuple[int, int] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
+    batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
     history: list[dict[str, Any]] = Field(default_factory=list, description="stages applied, oldest first")
     quantization: dict[str, Any] | None = None
     edgeseg_version: str = __version__
@@ -107,6 +108,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     path = Path(path)
     config = read_model_config(path)
     model = create_model(config.architecture, config.num_classes, **config.arguments)
+    if config.batchnorm_folded:
+        from edgeseg.compress.bn_fold import strip_batchnorm
+
+        strip_batchnorm(model)
     weights = path / WEIGHTS_NAME
     try:
         state = load_file(str(weights), device="cpu")

@@ -58,6 +58,16 @@ class ModelProfile:
         return sum(layer.zeros for layer in self.layers) / weights if weights else 0.0
 
 
+def trainable_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.ConvTranspose2d]]:
+    """The conv and deconv layers whose weights train (the ones sparsity is counted over)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def zero_weight_count(model: nn.Module) -> int:
+    """Exactly-zero entries over all trainable conv weights."""
+    return sum(int((m.weight == 0).sum()) for _, m in trainable_convs(model))
+
+
 @torch.no_grad()
 def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile:
     """Run one forward pass at ``input_size`` (H, W) and record every conv and deconv.

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from edgeseg.compress.sparsity import SparsityConfig
 from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
@@ -30,7 +31,9 @@ class OptimizerSection(StrictModel):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     nesterov: bool = False
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="strength of the regularization")
+    regularization: Literal["l2", "l1"] = Field(
+        "l2", description="l1: proximal shrink of conv weights by lr x weight_decay (exact zeros), no L2")
     betas: tuple[float, float] = (0.9, 0.999)
 
 
@@ -70,6 +73,7 @@ class TrainConfig(StrictModel):
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     loss: LossSection = Field(default_factory=LossSection)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
@@ -78,7 +82,8 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     device: str = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
-    channels_last: bool = Field(True, description="channels-last memory format on CUDA")
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format; unset: on with CUDA, off on the CPU (where it helps some models)")
     tensorboard: bool = True
     log_every: int = Field(20, ge=1, description="steps between TensorBoard loss/lr points")
 

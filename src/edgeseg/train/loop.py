@@ -16,6 +16,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
 from edgeseg.data.transforms import TrainTransform
@@ -59,12 +60,21 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """One parameter group, or with ``sparsity_target`` one group per conv weight (named by
+    its layer, so its lr multiplier can change) plus one for the rest."""
     o = config.optimizer
+    decay = o.weight_decay if o.regularization == "l2" else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
+    groups: list[dict] = [{"params": params}]
+    if config.sparsity.sparsity_target is not None:
+        layers = conv_layers(model)
+        own = {id(conv.weight) for conv in layers.values()}
+        groups = [{"params": [conv.weight], "layer": name} for name, conv in layers.items()]
+        groups.append({"params": [p for p in params if id(p) not in own]})
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=decay)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return cls(groups, lr=o.lr, betas=o.betas, weight_decay=decay)
 
 
 def loss_weights(config: TrainConfig, train_set, device) -> torch.Tensor | None:
@@ -130,7 +140,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         loaded, skipped = load_pretrained(model, config.model.pretrained)
         log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
     model.to(device)
-    memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
+    channels_last = cuda if config.channels_last is None else config.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
@@ -150,6 +161,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         scaler.load_state_dict(progress.get("grad_scaler") or scaler.state_dict())
         rows = read_metrics_csv(run_dir / "metrics.csv")[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
+    l1 = config.optimizer.weight_decay if config.optimizer.regularization == "l1" else 0.0
+    sparsity = SparsityControl(config.sparsity, model, l1) if config.sparsity.active or l1 else None
     if process.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -176,8 +189,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         for images, labels in track(loader, steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}"):
             lr = config.optimizer.lr * lr_factor(config.schedule, step, steps_per_epoch, config.epochs)
+            lr_mults = sparsity.lr_mults() if sparsity else {}
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * lr_mults.get(group.get("layer"), 1.0)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             with autocast():
@@ -189,12 +203,19 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
+            if sparsity:
+                sparsity.after_step(step + 1, lr, lr_mults)
             loss_value = float(loss.detach())
             total_loss += loss_value * images.shape[0]
             seen += images.shape[0]
             step += 1
             if step % config.log_every == 0:
                 tb.scalars(step, **{"train/loss": loss_value, "train/lr": lr})
+            if config.sparsity.display_sparsity and step % config.sparsity.display_sparsity == 0:
+                per_layer, total = zero_fractions(conv_layers(model), config.sparsity.sparsity_threshold)
+                tb.scalars(step, **{"sparsity/total": total, **{f"sparsity/{k}": v for k, v in per_layer.items()}})
+                log(f"step {step}: sparsity {100 * total:.2f} % ("
+                    + ", ".join(f"{k} {100 * v:.1f}" for k, v in per_layer.items()) + ")")
         seconds = time.perf_counter() - started
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
