@@ -55,3 +55,15 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 needs_camvid = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (shared data absent)")
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine values, as training would."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.uniform_(-1.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+    return model

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from conftest import needs_camvid, run_cli
+from conftest import needs_camvid, randomize_batchnorm, run_cli
 from edgeseg.compress.bn_fold import fold_batchnorm
 from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
@@ -15,14 +15,9 @@ from edgeseg.models.profile import zero_weight_count
 def trained_looking(name: str, seed: int = 0) -> torch.nn.Module:
     """A model whose BNs hold non-trivial statistics and whose convs hold some exact zeros."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=CAMVID.num_classes).eval()
+    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes).eval())
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.3, 3.0)
-                m.weight.uniform_(-1.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
             if isinstance(m, torch.nn.Conv2d):
                 m.weight.mul_(torch.rand_like(m.weight) > 0.5)
     return model

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import randomize_batchnorm
 from edgeseg.data.classes import CAMVID
 from edgeseg.errors import ModelError
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
@@ -25,12 +26,7 @@ def test_every_model_forward_backward_and_shape(name):
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_round_trips_through_a_model_dir(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=CAMVID.num_classes).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
+    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes).eval())
     size = 2 * model.output_stride
     path = save_model_dir(model, model_config_for(model, CAMVID, (size, size)), tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
