@@ -8,7 +8,8 @@ All of it acts on trainable conv weights, after each optimizer step:
   start multiplies every gradient and, after the step, the weights, so zeros stay zero
   under momentum, Adam state and weight decay;
 - incremental mode (``sparsity_start_factor``): every ``sparsity_step_iter`` steps each
-  layer is thresholded per output channel to the current fraction, which starts at the
+  layer the threshold tool would not skip (32 or more inputs or outputs) is cut per output
+  channel to the current fraction, which starts at the
   start factor and grows by ``sparsity_step_factor`` up to ``sparsity_target``; the zeros
   made so far are frozen as in ``sparse``;
 - ``sparsity_target`` + ``sparsity_lr_mult``: a layer whose zero fraction reached the target
