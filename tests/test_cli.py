@@ -96,12 +96,16 @@ def test_help_lists_the_commands():
         assert command in proc.stdout
 
 
-def test_demo_runs_and_prints_a_per_class_table(tmp_path):
+def test_demo_runs_the_pipeline_and_prints_the_stage_report(tmp_path):
     proc = run_cli("demo", "--out", str(tmp_path / "demo"), check=True)
-    assert "label doctor" in proc.stdout and "mIoU" in proc.stdout and "bicyclist" in proc.stdout
-    assert "epoch 40/40" in proc.stdout
-    metrics = json.loads((tmp_path / "demo" / "eval.json").read_text())
-    assert 0.0 <= metrics["miou"] <= 1.0
+    assert "label doctor" in proc.stdout and "epoch 40/40" in proc.stdout
+    assert "stage report" in proc.stdout and "bicyclist" in proc.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    stages = [s["stage"] for s in report["stages"]]
+    assert stages == ["01-dense", "02-l1", "03-threshold", "04-sparse", "05-fold-bn"]
+    dense, sparse = report["stages"][0], report["stages"][-1]
+    assert dense["miou"] > 0.3 and sparse["sparsity"] > 0.5
+    assert all(f"| {name} |" in proc.stdout for name in stages)
     assert len(list((tmp_path / "demo" / "predictions").glob("*_overlay.png"))) == 4
 
 

@@ -73,6 +73,24 @@ def train_command(
         out.print(str(result.run_dir))
 
 
+@app.command("run")
+def run_command(
+    recipe: Path = typer.Argument(..., help="YAML recipe: a train section and the stages in order"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. stages.dense.train.epochs=5"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="pipeline directory (default: the recipe's out_dir)"),
+) -> None:
+    """Run a staged pipeline (train, l1, threshold, sparse, fold-bn); resumable: run it again
+    to finish an interrupted one. Writes report.md and report.json in the pipeline directory."""
+    from edgeseg.pipeline import load_recipe, run_pipeline
+
+    items = list(overrides or []) + ([f"out_dir={out_dir}"] if out_dir else [])
+    loaded, stages = load_recipe(recipe, items)
+    command = " ".join(["edgeseg run", str(recipe), *items])
+    run_pipeline(loaded, stages, command, log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    out.print((loaded.directory / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    out.print(f"pipeline directory: {loaded.directory}")
+
+
 @app.command("init")
 def init_command(
     output: Path = typer.Option(Path("config.yaml"), "-o", "--output", help="config file to write"),
@@ -194,17 +212,9 @@ def fold_bn_command(
 ) -> None:
     """Merge every BatchNorm into the conv before it (caffe-jacinto's "optimize"); checks the
     folded model against the original and prints the largest logit difference."""
-    from edgeseg.compress.bn_fold import fold_model_dir
-    from edgeseg.data.spec import open_dataset
-    from edgeseg.data.transforms import EvalTransform
-    from edgeseg.models.model_dir import read_model_config
+    from edgeseg.compress.bn_fold import fold_model_dir, real_check_images
 
-    check = None
-    if data:
-        config = read_model_config(model)
-        dataset = open_dataset(data, split)
-        dataset.transform = EvalTransform(config.mean, config.std)
-        check = [dataset[i][0] for i in range(min(images, len(dataset)))]
+    check = real_check_images(model, data, split, images) if data else None
     metrics = fold_model_dir(model, out_dir, check)
     where = f"{metrics['check_images']} {'images of ' + data if data else 'random inputs'}"
     out.print(f"folded {metrics['folded_into_conv']} BatchNorms into convs, {metrics['made_affine']} into "

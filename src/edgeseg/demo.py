@@ -1,7 +1,8 @@
 """``edgeseg demo``: the pipeline on built-in synthetic street scenes, runnable anywhere.
 
-Today: the label doctor, a short training run, full-resolution evaluation of the best
-checkpoint, and prediction with overlays. Compression and export stages join as they land.
+The label doctor, the staged sparse pipeline of caffe-jacinto's seeds (dense training, L1,
+threshold, sparse fine-tuning with frozen zeros, BatchNorm folding) with its per-stage
+report, and prediction with overlays. Quantization and export stages join as they land.
 """
 
 from __future__ import annotations
@@ -15,41 +16,46 @@ from rich.console import Console
 
 from edgeseg.data.doctor import check_dataset
 from edgeseg.data.spec import open_source
-from edgeseg.evaluate import evaluate
-from edgeseg.fileio import atomic_write_json
 from edgeseg.inference import load_predictor
+from edgeseg.pipeline import run_pipeline
+from edgeseg.pipeline.recipe import check_recipe
 from edgeseg.predict import predict_images
 from edgeseg.reports import print_doctor
-from edgeseg.train.config import load_train_config
-from edgeseg.train.loop import train
 
 DEMO_SPEC = "synthetic:48"
-DEMO_TRAINING = [f"data.spec={DEMO_SPEC}", "name=demo", "model.name=basic_encdec", "model.args={width: 16}",
-                 "augment.crop=[160,224]", "augment.scale={min: 0.75, max: 1.25}", "epochs=40",
-                 "batch_size=8", "eval_every=10", "optimizer.lr=0.003", "data.num_workers=0", "tensorboard=false"]
+DEMO_RECIPE = {
+    "name": "demo",
+    "train": {"data": {"spec": DEMO_SPEC, "num_workers": 0}, "model": {"name": "basic_encdec", "args": {"width": 16}},
+              "augment": {"crop": [160, 224], "scale": {"min": 0.75, "max": 1.25}}, "epochs": 40, "batch_size": 8,
+              "eval_every": 10, "optimizer": {"lr": 0.003}, "tensorboard": False},
+    "report": {"latency_runs": 10},
+    "stages": {
+        "dense": {"stage": "train"},
+        "l1": {"train": {"epochs": 10, "optimizer": {"lr": 0.001, "weight_decay": 0.002}}},
+        "threshold": {"fraction_low": 0.5, "fraction_mid": 0.8, "fraction_high": 0.8, "per_channel": True,
+                      "value_max": 1.0, "value_maxratio": 1.0},
+        "sparse": {"train": {"epochs": 20, "optimizer": {"lr": 0.001}}},
+        "fold-bn": {"check_images": 4},
+    },
+}
 
 
 def run_demo(out_dir: Path, console: Console) -> dict:
-    """Doctor -> train -> eval -> predict on synthetic data; returns the eval metrics."""
-    from edgeseg.cli import print_metrics
-
+    """Doctor -> the staged pipeline (train, l1, threshold, sparse fine-tune, fold-bn) ->
+    predictions of the final model, on synthetic data; returns the pipeline report."""
     source = open_source(DEMO_SPEC)
     console.rule("1. label doctor")
     print_doctor(check_dataset(source, ["train", "val"]), console)
 
-    console.rule("2. training (basic_encdec, synthetic scenes, about a minute)")
-    config = load_train_config(None, DEMO_TRAINING + [f"runs_dir={out_dir}"])
-    result = train(config, log=lambda line: console.print(line, markup=False, soft_wrap=True))
-    model_dir = result.run_dir / "best"
+    console.rule("2. staged pipeline: dense -> L1 -> threshold -> sparse fine-tune -> fold BatchNorm")
+    recipe, stages = check_recipe({**DEMO_RECIPE, "out_dir": str(out_dir)}, "demo recipe")
+    report = run_pipeline(recipe, stages, f"edgeseg demo --out {out_dir}",
+                          log=lambda line: console.print(line, markup=False, soft_wrap=True))
+    final = out_dir / "stages" / report["stages"][-1]["stage"] / "model"
 
-    console.rule("3. evaluation of the best checkpoint (full resolution)")
-    predictor = load_predictor(model_dir, torch.device("cpu"))
+    console.rule("3. prediction with the final model")
+    predictor = load_predictor(final, torch.device("cpu"))
     val = source.dataset("val")
-    metrics = evaluate(predictor, val, num_workers=0)
-    print_metrics(metrics, f"{model_dir} on {DEMO_SPEC} [val]")
-    atomic_write_json(out_dir / "eval.json", metrics)
-
-    console.rule("4. prediction")
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -60,4 +66,7 @@ def run_demo(out_dir: Path, console: Console) -> dict:
         paths.append(path)
     results = predict_images(predictor, paths, out_dir / "predictions", with_overlay=True)
     console.print(f"wrote {len(results)} label maps and overlays to {out_dir / 'predictions'}")
-    return metrics
+
+    console.rule("4. what each stage did")
+    console.print((out_dir / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    return report

@@ -37,7 +37,8 @@ def _known_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def format_validation_error(err: ValidationError, model_cls: type[BaseModel], source: str) -> str:
     """One line naming the first offending key, with a suggestion for a misspelt one."""
-    first = err.errors()[0]
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains a missing key
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in loc) or "<root>"
     if first["type"] == "extra_forbidden":
@@ -49,7 +50,7 @@ def format_validation_error(err: ValidationError, model_cls: type[BaseModel], so
         message = f"{source}: missing required key '{key}'"
     else:
         message = f"{source}: bad value for '{key}': {first['msg']}"
-    more = len(err.errors()) - 1
+    more = len(errors) - 1
     return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 

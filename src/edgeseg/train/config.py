@@ -24,6 +24,8 @@ class ModelSection(StrictModel):
     name: str = "basic_encdec"
     args: dict[str, Any] = Field(default_factory=dict, description="constructor arguments, e.g. width")
     pretrained: str | None = Field(None, description="a local .safetensors file, a model dir, or an explicit URL")
+    init_from: str | None = Field(
+        None, description="a model directory to continue from: its architecture, arguments and weights (name and args are then ignored)")
 
 
 class OptimizerSection(StrictModel):

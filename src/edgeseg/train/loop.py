@@ -20,11 +20,11 @@ from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractio
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
 from edgeseg.data.transforms import TrainTransform
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
-from edgeseg.models import create_model, model_config_for, save_model_dir
+from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.runtime import track
 from edgeseg.train import distributed
 from edgeseg.train.checkpoint import load_training_state, save_training_state
@@ -75,6 +75,25 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=decay)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(groups, lr=o.lr, betas=o.betas, weight_decay=decay)
+
+
+def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module, ModelConfig]:
+    """The model to train and the config.json its checkpoints get. With ``model.init_from``
+    the model directory's architecture, arguments, folded-BN state and weights are taken as
+    they are, and this run is appended to its history."""
+    input_size = tuple(config.augment.crop) if config.augment.crop else tuple(val_set.read(0)[1].shape)
+    stage = {"stage": "train", "config": config.name}
+    if config.model.init_from is None:
+        model = create_model(config.model.name, classes.num_classes, **config.model.args)
+        return model, model_config_for(model, classes, input_size, config.data.mean, config.data.std, [stage])
+    loaded = load_model_dir(config.model.init_from)
+    if loaded.config.num_classes != classes.num_classes:
+        raise ConfigError(f"model.init_from: {config.model.init_from} predicts {loaded.config.num_classes} classes "
+                          f"but the dataset has {classes.num_classes}")
+    model_config = model_config_for(loaded.model, classes, loaded.config.input_size, config.data.mean,
+                                    config.data.std, [*loaded.config.history, stage])
+    model_config.batchnorm_folded = loaded.config.batchnorm_folded
+    return loaded.model.train(), model_config
 
 
 def loss_weights(config: TrainConfig, train_set, device) -> torch.Tensor | None:
@@ -135,7 +154,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     val_set = source.dataset(config.data.val_split, cache=config.data.cache)
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
-    model = create_model(config.model.name, classes.num_classes, **config.model.args)
+    model, model_config = build_model(config, classes, val_set)
     if config.model.pretrained and resume_dir is None:
         loaded, skipped = load_pretrained(model, config.model.pretrained)
         log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
@@ -147,9 +166,6 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(config, train_set, device),
                                           ignore_index=classes.ignore_index)
-    input_size = tuple(config.augment.crop) if config.augment.crop else val_set.read(0)[1].shape
-    model_config = model_config_for(model, classes, input_size, config.data.mean, config.data.std,
-                                    history=[{"stage": "train", "config": config.name}])
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
     if process.distributed:  # every rank must agree on rank 0's choice of folder

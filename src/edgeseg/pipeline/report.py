@@ -1,0 +1,97 @@
+"""What each stage did, measured: accuracy, size, work and speed of a model directory, and
+the report that puts the stages side by side (report.md for people, report.json for tools)."""
+
+from __future__ import annotations
+
+import gzip
+import platform
+
+import torch
+
+from edgeseg import __version__
+from edgeseg.benchmark import measure_latency
+from edgeseg.evaluate import evaluate
+from edgeseg.inference import load_predictor
+from edgeseg.models.model_dir import WEIGHTS_NAME
+from edgeseg.models.profile import profile_model
+
+DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs", "size_bytes", "gzip_bytes",
+              "latency_ms")
+
+
+def measure_model_dir(model_dir, dataset, size: tuple[int, int], latency_runs: int, device: torch.device) -> dict:
+    """Evaluate ``model_dir`` on ``dataset`` (full resolution, on ``device``) and measure it:
+    params, MACs and effective MACs (zero weights skipped) at ``size``, conv-weight sparsity,
+    weights file size raw and gzip-compressed, and CPU latency at ``size``."""
+    evaluation = evaluate(load_predictor(model_dir, device), dataset, num_workers=0)
+    predictor = load_predictor(model_dir, torch.device("cpu"))
+    profile = profile_model(predictor.model, size)
+    raw = (model_dir / WEIGHTS_NAME).read_bytes()
+    latency = measure_latency(predictor, size, runs=latency_runs)
+    conv_weights = sum(layer.weights for layer in profile.layers)
+    return {
+        "miou": evaluation["miou"], "pixel_acc": evaluation["pixel_acc"], "mean_acc": evaluation["mean_acc"],
+        "per_class_iou": evaluation["per_class_iou"], "num_images": evaluation["num_images"],
+        "params": profile.params, "macs": profile.macs, "effective_macs": profile.effective_macs,
+        "sparsity": profile.sparsity, "conv_weights": conv_weights,
+        "zero_weights": sum(layer.zeros for layer in profile.layers),
+        "size_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)),
+        "latency_ms": latency["latency_ms"], "latency_ms_p90": latency["latency_ms_p90"],
+        "threads": latency["threads"], "size": list(size),
+    }
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "edgeseg": __version__}
+
+
+def build_report(name: str, rows: list[dict], split: str, command: str) -> dict:
+    """report.json: the stages in order, each with its measurements and deltas against the
+    stage before it and the first stage."""
+    stages = []
+    for index, row in enumerate(rows):
+        m = row["measurements"]
+        entry = {"stage": row["dir"], "kind": row["kind"], "seconds": row.get("seconds"), **m}
+        for label, other in (("delta_prev", rows[index - 1] if index else None), ("delta_first", rows[0])):
+            if other is not None and other is not row:
+                entry[label] = {key: m[key] - other["measurements"][key] for key in DELTA_KEYS}
+        stages.append(entry)
+    return {"recipe": name, "split": split, "command": command, "machine": machine(), "stages": stages}
+
+
+def _signed(value: float, scale: float = 100, digits: int = 2) -> str:
+    return f"{value * scale:+.{digits}f}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def report_markdown(report: dict) -> str:
+    """The report as Markdown: the stage table, then per-class IoU per stage."""
+    host = report["machine"]
+    lines = [f"# {report['recipe']}: stage report", "",
+             f"Reproduce: `{report['command']}`", "",
+             f"Measured on {host['processor']}, {host['platform']}, torch {host['torch']}, "
+             f"{host['threads']} threads; mIoU on the {report['split']} split at full resolution; "
+             f"latency: CPU, batch 1, median.", "",
+             "| stage | mIoU % | vs prev | vs first | pixel acc % | params | GMACs | effective GMACs | "
+             "sparsity % | size MB | gzip MB | latency ms | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in report["stages"]:
+        prev, first = s.get("delta_prev"), s.get("delta_first")
+        lines.append(
+            f"| {s['stage']} | {100 * s['miou']:.2f} | {_signed(prev['miou']) if prev else '-'} | "
+            f"{_signed(first['miou']) if first else '-'} | {100 * s['pixel_acc']:.2f} | {s['params']:,} | "
+            f"{s['macs'] / 1e9:.3f} | {s['effective_macs'] / 1e9:.3f} | {100 * s['sparsity']:.2f} | "
+            f"{s['size_bytes'] / 1e6:.2f} | {s['gzip_bytes'] / 1e6:.2f} | {s['latency_ms']:.1f} | "
+            f"{_minutes(s['seconds'])} |")
+    classes = list(report["stages"][0]["per_class_iou"])
+    lines += ["", "Per-class IoU %:", "",
+              "| stage | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for s in report["stages"]:
+        cells = ["-" if s["per_class_iou"][c] is None else f"{100 * s['per_class_iou'][c]:.1f}" for c in classes]
+        lines.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

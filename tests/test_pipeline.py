@@ -1,0 +1,129 @@
+"""edgeseg run: the staged pipeline, its report, resuming a killed run, and recipe errors."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import error_line, run_cli
+from edgeseg.errors import ConfigError
+from edgeseg.models import load_model_dir
+from edgeseg.pipeline import load_recipe, run_pipeline
+from edgeseg.pipeline.runner import stage_settings
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "train": {"data": {"spec": "synthetic:16", "num_workers": 0}, "model": {"name": "basic_encdec", "args": {"width": 8}},
+              "augment": {"crop": [96, 128]}, "epochs": 2, "batch_size": 4, "eval_every": 2, "tensorboard": False},
+    "report": {"latency_runs": 2},
+    "stages": {
+        "dense": {"stage": "train"},
+        "l1": {"train": {"epochs": 6, "optimizer": {"weight_decay": 0.01}}},
+        "threshold": {"fraction_low": 0.5, "fraction_mid": 0.8, "value_max": 1.0, "value_maxratio": 1.0,
+                      "per_channel": True},
+        "sparse": {"train": {"epochs": 2, "optimizer": {"lr": 3e-4}}},
+        "fold": {"stage": "fold-bn", "check_images": 2},
+    },
+}
+
+
+def write_recipe(tmp_path, recipe=TINY_RECIPE, **changes):
+    recipe = {**recipe, **changes, "out_dir": str(tmp_path / "pipeline")}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_killed_pipeline_resumes_and_reports_every_stage(tmp_path):
+    """A real process is killed inside the second stage's training; running the recipe again
+    skips the finished stage, resumes the interrupted one and completes the report."""
+    recipe = write_recipe(tmp_path)
+    out = tmp_path / "pipeline"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "run", str(recipe)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = out / "stages" / "02-l1" / "run" / "last" / "state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first_metrics = out / "stages" / "01-dense" / "metrics.json"
+    assert first_metrics.is_file() and not (out / "stages" / "02-l1" / "metrics.json").exists()
+    first_written = first_metrics.stat().st_mtime_ns
+
+    done = run_cli("run", str(recipe), check=True)
+    assert "stage 01-dense: done before, skipped" in done.stdout
+    assert "resuming" in done.stdout
+    assert first_metrics.stat().st_mtime_ns == first_written
+    report = json.loads((out / "report.json").read_text())
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert list(stages) == ["01-dense", "02-l1", "03-threshold", "04-sparse", "05-fold"]
+    assert stages["02-l1"]["kind"] == "l1" and len((out / "stages/02-l1/run/metrics.csv").read_text().splitlines()) == 7
+
+    # the numbers are the models' own: recompute two of them independently
+    sparse_model = load_model_dir(out / "stages" / "04-sparse" / "model").model
+    convs = [m.weight for m in sparse_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    zeros = sum(int((w == 0).sum()) for w in convs)
+    assert stages["04-sparse"]["zero_weights"] == zeros
+    assert stages["04-sparse"]["sparsity"] == pytest.approx(zeros / sum(w.numel() for w in convs))
+    # thresholding made zeros, sparse fine-tuning kept exactly those, folding lost none
+    assert stages["03-threshold"]["sparsity"] > 0.3
+    assert stages["04-sparse"]["zero_weights"] == stages["03-threshold"]["zero_weights"]
+    assert stages["05-fold"]["zero_weights"] >= stages["04-sparse"]["zero_weights"]
+    assert stages["03-threshold"]["effective_macs"] < stages["03-threshold"]["macs"]
+    assert stages["05-fold"]["params"] < stages["04-sparse"]["params"]
+    assert abs(stages["05-fold"]["miou"] - stages["04-sparse"]["miou"]) < 0.01
+    fold = json.loads((out / "stages" / "05-fold" / "metrics.json").read_text())
+    assert fold["max_abs_diff"] < 1e-4
+    for prev, row in zip(report["stages"], report["stages"][1:]):
+        assert row["delta_prev"]["miou"] == pytest.approx(row["miou"] - prev["miou"])
+        assert row["delta_first"]["latency_ms"] == pytest.approx(row["latency_ms"] - report["stages"][0]["latency_ms"])
+    markdown = (out / "report.md").read_text()
+    assert all(f"| {name} |" in markdown for name in stages)
+
+    again = run_cli("run", str(recipe), check=True)
+    assert again.stdout.count("done before, skipped") == 5
+
+
+def test_recipe_mistakes_fail_before_any_work(tmp_path):
+    out = tmp_path / "pipeline"
+    cases = [
+        ({"stages": {**TINY_RECIPE["stages"], "prune": {"stage": "thresold"}}},
+         "stages.prune: unknown stage 'thresold' (did you mean 'threshold'?"),
+        ({"stages": {**TINY_RECIPE["stages"], "quantize": {}}}, "stages.quantize: stage 'quantize' is not available"),
+        ({"stages": {"dense": {"stage": "train", "train": {"optimiser": {}}}}},
+         "stages.dense.train: unknown key 'optimiser' (did you mean 'optimizer'?)"),
+        ({"stages": {"threshold": {"fraction_mid": 0.8, "per_chanel": True}}},
+         "stages.threshold: unknown key 'per_chanel' (did you mean 'per_channel'?)"),
+        ({"stages": {"threshold": {"fraction_mid": 0.8}}},
+         "stages.threshold: a 'threshold' stage needs a model; begin with a training stage or set 'start: MODEL_DIR'"),
+        ({"stagse": {}}, "unknown key 'stagse' (did you mean 'stages'?)"),
+    ]
+    for changes, message in cases:
+        recipe = write_recipe(tmp_path, **changes)
+        if "stagse" in changes:
+            data = yaml.safe_load(recipe.read_text())
+            del data["stages"]
+            recipe.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_recipe(recipe)
+    proc = run_cli("run", str(write_recipe(tmp_path)), "stages.dense.train.epochs=0")
+    assert "stages.dense.train: bad value for 'epochs'" in error_line(proc)
+    assert not out.exists()
+
+    # a stage that ran with other settings is not silently mixed with this recipe's
+    path = write_recipe(tmp_path)
+    earlier, earlier_stages = load_recipe(path, ["train.epochs=3"])
+    stage_dir = out / "stages" / "01-dense"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "spec.json").write_text(json.dumps(stage_settings(earlier, "dense", earlier_stages["dense"], stage_dir)))
+    recipe, stages = load_recipe(path)
+    with pytest.raises(ConfigError, match="01-dense: this stage ran with other settings \\(changed: train.epochs\\)"):
+        run_pipeline(recipe, stages)
+    assert sorted(p.name for p in out.rglob("*")) == ["01-dense", "spec.json", "stages"]
