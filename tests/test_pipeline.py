@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import error_line, run_cli
+from conftest import ROOT, error_line, run_cli
 from edgeseg.errors import ConfigError
 from edgeseg.models import load_model_dir
 from edgeseg.pipeline import load_recipe, run_pipeline
@@ -127,3 +127,9 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="01-dense: this stage ran with other settings \\(changed: train.epochs\\)"):
         run_pipeline(recipe, stages)
     assert sorted(p.name for p in out.rglob("*")) == ["01-dense", "spec.json", "stages"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    recipe, stages = load_recipe(path)
+    assert list(stages)[0] in recipe.stages and recipe.name == path.stem

@@ -1,4 +1,8 @@
-"""Latency of a predictor: median and 90th percentile over timed runs after a warm-up."""
+"""Latency of predictors: median and 90th percentile over timed runs after a warm-up.
+
+Several predictors are timed side by side (one run of each in turn, repeated), so a slow
+spell of a shared machine hits all of them alike and their ratios stay meaningful.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,37 @@ import time
 import torch
 
 
-def measure_latency(predictor, size: tuple[int, int], runs: int = 20, warmup: int = 3) -> dict:
-    """Time ``predictor.logits`` on one (1, 3, H, W) image, synchronising CUDA after each run.
+def measure_side_by_side(predictors: dict[str, object], size: tuple[int, int], runs: int = 20,
+                         warmup: int = 3) -> dict[str, dict]:
+    """Time ``predictor.logits`` on one (1, 3, H, W) image for each predictor, interleaved,
+    synchronising CUDA after each run.
 
-    Returns the keys of ``edgeseg bench --json``: backend, size, latency_ms (median),
-    latency_ms_p90, fps (1000 / median) and threads (intra-op threads used).
+    Returns, per name, the keys of ``edgeseg bench --json``: backend, size, latency_ms
+    (median), latency_ms_p90, fps (1000 / median), threads (intra-op threads), runs.
     """
     if runs < 1:
         raise ValueError("runs must be at least 1")
     image = torch.zeros(1, 3, *size)
-    cuda = predictor.device.type == "cuda"
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in predictors}
     with torch.inference_mode():
         for index in range(warmup + runs):
-            started = time.perf_counter()
-            predictor.logits(image)
-            if cuda:
-                torch.cuda.synchronize(predictor.device)
-            if index >= warmup:
-                times.append(1000 * (time.perf_counter() - started))
-    times.sort()
-    median = statistics.median(times)
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"backend": predictor.backend, "size": list(size), "latency_ms": median, "latency_ms_p90": p90,
-            "fps": 1000 / median, "threads": torch.get_num_threads(), "runs": runs}
+            for name, predictor in predictors.items():
+                started = time.perf_counter()
+                predictor.logits(image)
+                if predictor.device.type == "cuda":
+                    torch.cuda.synchronize(predictor.device)
+                if index >= warmup:
+                    times[name].append(1000 * (time.perf_counter() - started))
+    results = {}
+    for name, values in times.items():
+        values.sort()
+        median = statistics.median(values)
+        results[name] = {"backend": predictors[name].backend, "size": list(size), "latency_ms": median,
+                         "latency_ms_p90": values[round(0.9 * (len(values) - 1))], "fps": 1000 / median,
+                         "threads": torch.get_num_threads(), "runs": runs}
+    return results
+
+
+def measure_latency(predictor, size: tuple[int, int], runs: int = 20, warmup: int = 3) -> dict:
+    """The latency of one predictor (see ``measure_side_by_side``)."""
+    return measure_side_by_side({"model": predictor}, size, runs, warmup)["model"]

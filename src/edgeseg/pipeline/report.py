@@ -9,7 +9,7 @@ import platform
 import torch
 
 from edgeseg import __version__
-from edgeseg.benchmark import measure_latency
+from edgeseg.benchmark import measure_side_by_side
 from edgeseg.evaluate import evaluate
 from edgeseg.inference import load_predictor
 from edgeseg.models.model_dir import WEIGHTS_NAME
@@ -19,26 +19,30 @@ DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs
               "latency_ms")
 
 
-def measure_model_dir(model_dir, dataset, size: tuple[int, int], latency_runs: int, device: torch.device) -> dict:
+def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.device) -> dict:
     """Evaluate ``model_dir`` on ``dataset`` (full resolution, on ``device``) and measure it:
-    params, MACs and effective MACs (zero weights skipped) at ``size``, conv-weight sparsity,
-    weights file size raw and gzip-compressed, and CPU latency at ``size``."""
+    params, MACs and effective MACs (zero weights skipped) at ``size`` padded to the output
+    stride as the predictor runs it, conv-weight sparsity, and the weights file's size raw
+    and gzip-compressed."""
     evaluation = evaluate(load_predictor(model_dir, device), dataset, num_workers=0)
     predictor = load_predictor(model_dir, torch.device("cpu"))
-    profile = profile_model(predictor.model, size)
+    stride = predictor.output_stride
+    profile = profile_model(predictor.model, tuple(-(-side // stride) * stride for side in size))
     raw = (model_dir / WEIGHTS_NAME).read_bytes()
-    latency = measure_latency(predictor, size, runs=latency_runs)
-    conv_weights = sum(layer.weights for layer in profile.layers)
     return {
         "miou": evaluation["miou"], "pixel_acc": evaluation["pixel_acc"], "mean_acc": evaluation["mean_acc"],
         "per_class_iou": evaluation["per_class_iou"], "num_images": evaluation["num_images"],
         "params": profile.params, "macs": profile.macs, "effective_macs": profile.effective_macs,
-        "sparsity": profile.sparsity, "conv_weights": conv_weights,
+        "sparsity": profile.sparsity, "conv_weights": sum(layer.weights for layer in profile.layers),
         "zero_weights": sum(layer.zeros for layer in profile.layers),
         "size_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)),
-        "latency_ms": latency["latency_ms"], "latency_ms_p90": latency["latency_ms_p90"],
-        "threads": latency["threads"], "size": list(size),
     }
+
+
+def measure_latencies(model_dirs: dict[str, object], size: tuple[int, int], runs: int) -> dict[str, dict]:
+    """CPU latency (batch 1) of every model at ``size``, all timed side by side in one go."""
+    predictors = {name: load_predictor(path, torch.device("cpu")) for name, path in model_dirs.items()}
+    return measure_side_by_side(predictors, size, runs=runs)
 
 
 def machine() -> dict:
@@ -47,18 +51,20 @@ def machine() -> dict:
             "edgeseg": __version__}
 
 
-def build_report(name: str, rows: list[dict], split: str, command: str) -> dict:
-    """report.json: the stages in order, each with its measurements and deltas against the
-    stage before it and the first stage."""
+def build_report(name: str, rows: list[dict], latencies: dict[str, dict], split: str, command: str) -> dict:
+    """report.json: the stages in order, each with its measurements, its latency from the
+    side-by-side timing, and deltas against the stage before it and the first stage."""
     stages = []
-    for index, row in enumerate(rows):
-        m = row["measurements"]
-        entry = {"stage": row["dir"], "kind": row["kind"], "seconds": row.get("seconds"), **m}
-        for label, other in (("delta_prev", rows[index - 1] if index else None), ("delta_first", rows[0])):
-            if other is not None and other is not row:
-                entry[label] = {key: m[key] - other["measurements"][key] for key in DELTA_KEYS}
-        stages.append(entry)
-    return {"recipe": name, "split": split, "command": command, "machine": machine(), "stages": stages}
+    for row in rows:
+        latency = latencies[row["dir"]]
+        stages.append({"stage": row["dir"], "kind": row["kind"], "seconds": row.get("seconds"),
+                       **row["measurements"], "latency_ms": latency["latency_ms"],
+                       "latency_ms_p90": latency["latency_ms_p90"], "threads": latency["threads"]})
+    for index, entry in enumerate(stages[1:], 1):
+        for label, other in (("delta_prev", stages[index - 1]), ("delta_first", stages[0])):
+            entry[label] = {key: entry[key] - other[key] for key in DELTA_KEYS}
+    return {"recipe": name, "split": split, "command": command, "machine": machine(),
+            "latency_size": next(iter(latencies.values()))["size"], "stages": stages}
 
 
 def _signed(value: float, scale: float = 100, digits: int = 2) -> str:
@@ -76,7 +82,8 @@ def report_markdown(report: dict) -> str:
              f"Reproduce: `{report['command']}`", "",
              f"Measured on {host['processor']}, {host['platform']}, torch {host['torch']}, "
              f"{host['threads']} threads; mIoU on the {report['split']} split at full resolution; "
-             f"latency: CPU, batch 1, median.", "",
+             f"latency: CPU, batch 1, {report['latency_size'][0]}x{report['latency_size'][1]}, median, every stage's "
+             f"model timed side by side in one go.", "",
              "| stage | mIoU % | vs prev | vs first | pixel acc % | params | GMACs | effective GMACs | "
              "sparsity % | size MB | gzip MB | latency ms | minutes |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -33,7 +33,7 @@ from edgeseg.errors import ConfigError
 from edgeseg.fileio import atomic_replace_dir, atomic_write_json, atomic_write_text
 from edgeseg.models.model_dir import CONFIG_NAME, WEIGHTS_NAME, read_model_config
 from edgeseg.pipeline.recipe import FoldStage, Recipe, Stage, ThresholdStage, TrainStage, stage_train_config
-from edgeseg.pipeline.report import build_report, measure_model_dir, report_markdown
+from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
 from edgeseg.train.config import TrainConfig
@@ -65,13 +65,13 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
     device = resolve_device(recipe.report.device)
 
     def measure(model_dir: Path) -> dict:
-        return measure_model_dir(Path(model_dir), dataset, size, recipe.report.latency_runs, device)
+        return measure_model_dir(Path(model_dir), dataset, size, device)
 
-    rows, upstream_ran, previous = [], False, None
+    rows, models, upstream_ran, previous = [], {}, False, None
     for stage_dir, settings, spec, name in plan:
         if spec is None:
             rows.append(_finish(stage_dir, settings, log, lambda: ({"model": recipe.start}, measure(recipe.start))))
-            previous = recipe.start
+            models[stage_dir.name] = previous = recipe.start
             continue
         if upstream_ran and stage_dir.exists():
             log(f"stage {stage_dir.name}: built on an earlier stage that ran again, so it runs again too")
@@ -84,8 +84,10 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
             return details, measure(model_dir)
 
         rows.append(_finish(stage_dir, settings, log, work))
-        previous = str(model_dir)
-    report = build_report(recipe.name, rows, recipe.report.split, command)
+        models[stage_dir.name] = previous = str(model_dir)
+    log(f"timing {len(models)} models side by side at {size[0]}x{size[1]}")
+    latencies = measure_latencies(models, size, recipe.report.latency_runs)
+    report = build_report(recipe.name, rows, latencies, recipe.report.split, command)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", report_markdown(report))
     return report
@@ -129,8 +131,8 @@ def _finish(stage_dir: Path, settings: dict, log: Log, work) -> dict:
            "measure_seconds": None, **details, "measurements": measurements}
     row["measure_seconds"] = time.perf_counter() - started - (row["seconds"] or 0.0)
     atomic_write_json(metrics_file, row)
-    log(f"stage {stage_dir.name}: val mIoU {100 * measurements['miou']:.2f} %, sparsity "
-        f"{100 * measurements['sparsity']:.2f} %, latency {measurements['latency_ms']:.1f} ms")
+    log(f"stage {stage_dir.name}: val mIoU {100 * measurements['miou']:.2f} %, conv-weight sparsity "
+        f"{100 * measurements['sparsity']:.2f} %")
     return row
 
 
