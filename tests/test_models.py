@@ -69,3 +69,21 @@ def test_broken_model_dirs_give_one_line_errors(tmp_path):
         load_model_dir(path)
     with pytest.raises(ModelError, match="model directory not found"):
         load_model_dir(tmp_path / "nope")
+
+
+def test_subnormal_weights_are_stored_as_zeros_without_changing_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("basic_encdec", CAMVID.num_classes, width=8).eval()
+    randomize_batchnorm(model)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 1e-40  # subnormal in float32
+        conv.weight[0, 0, 0, 1] = -3e-39
+    image = torch.randn(1, 3, 64, 64)
+    expected = model(image)
+    save_model_dir(model, model_config_for(model, CAMVID, (64, 64)), tmp_path / "m")
+    loaded = load_model_dir(tmp_path / "m").model
+    weight = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert weight[0, 0, 0, 0] == 0 and weight[0, 0, 0, 1] == 0
+    assert conv.weight[0, 0, 0, 0] == 1e-40, "saving must not change the model it saves"
+    assert torch.allclose(loaded(image), expected, atol=1e-6)

@@ -73,10 +73,29 @@ def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int
         history=list(history or []))
 
 
+def without_subnormals(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with subnormal floats (0 < |x| < the smallest normal) set to zero.
+
+    They compute as zero to float precision, but x86 CPUs take a slow path on them: a sparse
+    CamVid model whose dead channels had drifted there ran 3x slower (84 vs 28 ms), with
+    bit-identical logits once they were zeroed.
+    """
+    if not tensor.is_floating_point():
+        return tensor
+    return torch.where(tensor.abs() < torch.finfo(tensor.dtype).tiny, torch.zeros_like(tensor), tensor)
+
+
+@torch.no_grad()
+def flush_subnormals_(model: nn.Module) -> None:
+    """Zero the subnormal entries of every parameter and buffer of ``model`` in place."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.copy_(without_subnormals(tensor))
+
+
 def save_model_dir(model: nn.Module, config: ModelConfig, path: str | Path) -> Path:
     """Write config.json + model.safetensors atomically (an existing directory is replaced
-    only once the new one is complete)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    only once the new one is complete). Subnormal weights are stored as zeros."""
+    state = {k: without_subnormals(v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
 
     def build(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})

@@ -25,6 +25,7 @@ from edgeseg.evaluate import evaluate
 from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
+from edgeseg.models.model_dir import flush_subnormals_
 from edgeseg.runtime import track
 from edgeseg.train import distributed
 from edgeseg.train.checkpoint import load_training_state, save_training_state
@@ -233,6 +234,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                 log(f"step {step}: sparsity {100 * total:.2f} % ("
                     + ", ".join(f"{k} {100 * v:.1f}" for k, v in per_layer.items()) + ")")
         seconds = time.perf_counter() - started
+        flush_subnormals_(model)  # dead channels drift there; they cost 3x on a CPU
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
