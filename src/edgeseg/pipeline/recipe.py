@@ -140,6 +140,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, di
 
 def check_recipe(raw: dict, source: str) -> tuple[Recipe, dict[str, Stage]]:
     recipe = validate(Recipe, raw, source)
+    validate(TrainConfig, recipe.train, f"{source}: train")
     if not recipe.stages:
         raise ConfigError(f"{source}: 'stages' is empty")
     stages = {name: parse_stage(name, body, source) for name, body in recipe.stages.items()}
@@ -152,5 +153,4 @@ def check_recipe(raw: dict, source: str) -> tuple[Recipe, dict[str, Stage]]:
         if isinstance(spec, TrainStage):
             stage_train_config(recipe, name, spec, recipe.directory, placeholder, source)
         placeholder = str(recipe.directory)
-    validate(TrainConfig, recipe.train, f"{source}: train")
     return recipe, stages
