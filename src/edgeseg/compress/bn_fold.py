@@ -98,18 +98,6 @@ def strip_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def real_check_images(model_dir, data_spec: str, split: str, count: int) -> list[torch.Tensor]:
-    """The first ``count`` images of a dataset split, normalised as ``model_dir`` expects."""
-    from edgeseg.data.spec import open_dataset
-    from edgeseg.data.transforms import EvalTransform
-    from edgeseg.models.model_dir import read_model_config
-
-    config = read_model_config(model_dir)
-    dataset = open_dataset(data_spec, split)
-    dataset.transform = EvalTransform(config.mean, config.std)
-    return [dataset[i][0] for i in range(min(count, len(dataset)))]
-
-
 def fold_model_dir(source, out, check_images: list[torch.Tensor] | None = None) -> dict:
     """The fold-bn stage: read a model directory, fold, check, write ``out``.
 

@@ -37,9 +37,17 @@ class ConvBNAct(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=not bn)
         self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
         self.act = ACTIVATIONS[act](out_channels)
+        self.weight_quantizer: nn.Module | None = None  # set by compress.quant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        if self.weight_quantizer is None:
+            return self.act(self.bn(self.conv(x)))
+        weight = self.weight_quantizer(self.conv.weight)
+        if torch.jit.is_tracing():  # ONNX export
+            return self.act(self.bn(self.conv._conv_forward(x, weight, self.conv.bias)))
+        parameters = {"weight": weight} if self.conv.bias is None else {"weight": weight, "bias": self.conv.bias}
+        # called as the module (its hooks fire: profiling sees the conv), with the quantized weight
+        return self.act(self.bn(torch.func.functional_call(self.conv, parameters, (x,))))
 
 
 class Add(nn.Module):
@@ -76,6 +84,35 @@ class Upsample(nn.Module):
         if like is not None:
             return F.interpolate(x, size=like.shape[-2:], mode=self.mode, align_corners=align)
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """Average pooling to a ``grid`` x ``grid`` output (PSP/SwiftNet pyramid pooling).
+
+    ONNX has no adaptive pooling for sizes the grid does not divide, so during ONNX export
+    the same bins (rows floor(i H / g) .. ceil((i + 1) H / g), likewise columns) are computed
+    as two constant averaging matrices for the traced input size.
+    """
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return F.adaptive_avg_pool2d(x, self.grid)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        rows = _averaging_matrix(h, self.grid, x.dtype, x.device)
+        cols = _averaging_matrix(w, self.grid, x.dtype, x.device)
+        return rows @ x @ cols.t()
+
+
+def _averaging_matrix(size: int, grid: int, dtype, device) -> torch.Tensor:
+    matrix = torch.zeros(grid, size, dtype=dtype, device=device)
+    for i in range(grid):
+        start, end = (i * size) // grid, -((-(i + 1) * size) // grid)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 class PoolConcatDownsample(nn.Module):

@@ -43,11 +43,16 @@ class ModelConfig(StrictModel):
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
     history: list[dict[str, Any]] = Field(default_factory=list, description="stages applied, oldest first")
-    quantization: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = Field(
+        None, description="quantization spec ('spec': QuantizeConfig, 'points': modules with quantized outputs)")
     edgeseg_version: str = __version__
 
     def class_info(self) -> ClassInfo:
         return ClassInfo(tuple(self.classes), tuple(self.palette), self.ignore_index)
+
+    def trained_on(self) -> str | None:
+        """The dataset spec of the latest training stage that recorded one."""
+        return next((entry["data"] for entry in reversed(self.history) if entry.get("data")), None)
 
 
 @dataclass
@@ -92,14 +97,18 @@ def flush_subnormals_(model: nn.Module) -> None:
         tensor.copy_(without_subnormals(tensor))
 
 
-def save_model_dir(model: nn.Module, config: ModelConfig, path: str | Path) -> Path:
-    """Write config.json + model.safetensors atomically (an existing directory is replaced
-    only once the new one is complete). Subnormal weights are stored as zeros."""
+def save_model_dir(model: nn.Module, config: ModelConfig, path: str | Path,
+                   extra_files: dict[str, str] | None = None) -> Path:
+    """Write config.json + model.safetensors (+ ``extra_files``, name -> text) atomically: an
+    existing directory is replaced only once the new one is complete. Subnormal weights are
+    stored as zeros."""
     state = {k: without_subnormals(v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
 
     def build(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
     return atomic_replace_dir(build, path)
 
@@ -131,6 +140,13 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         from edgeseg.compress.bn_fold import strip_batchnorm
 
         strip_batchnorm(model)
+    if config.quantization is not None:
+        from edgeseg.compress.quant import attach_from_spec
+
+        try:
+            attach_from_spec(model, config.quantization)
+        except (ValueError, ConfigError) as err:
+            raise ModelError(f"{path / CONFIG_NAME}: quantization: {err}") from None
     weights = path / WEIGHTS_NAME
     try:
         state = load_file(str(weights), device="cpu")

@@ -83,7 +83,8 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     the model directory's architecture, arguments, folded-BN state and weights are taken as
     they are, and this run is appended to its history."""
     input_size = tuple(config.augment.crop) if config.augment.crop else tuple(val_set.read(0)[1].shape)
-    stage = {"stage": "train", "config": config.name}
+    spec = config.data.spec if isinstance(config.data.spec, str) else None
+    stage = {"stage": "train", "config": config.name, "data": spec}
     if config.model.init_from is None:
         model = create_model(config.model.name, classes.num_classes, **config.model.args)
         return model, model_config_for(model, classes, input_size, config.data.mean, config.data.std, [stage])
@@ -94,6 +95,7 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     model_config = model_config_for(loaded.model, classes, loaded.config.input_size, config.data.mean,
                                     config.data.std, [*loaded.config.history, stage])
     model_config.batchnorm_folded = loaded.config.batchnorm_folded
+    model_config.quantization = loaded.config.quantization
     return loaded.model.train(), model_config
 
 

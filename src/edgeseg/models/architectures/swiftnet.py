@@ -12,10 +12,9 @@ scales the encoder (1.0 = ResNet-18's 64-128-256-512), ``decoder`` sets the ladd
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.models.blocks import Add, Concat, ConvBNAct, SegmentationModel, Upsample
+from edgeseg.models.blocks import AdaptiveAvgPool, Add, Concat, ConvBNAct, SegmentationModel, Upsample
 from edgeseg.models.registry import register_model
 
 
@@ -41,7 +40,7 @@ class PyramidPooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, grids: tuple[int, ...] = (1, 2, 4, 8)) -> None:
         super().__init__()
         branch = max(8, in_channels // 4)
-        self.grids = grids
+        self.pools = nn.ModuleList(AdaptiveAvgPool(grid) for grid in grids)
         self.reduce = ConvBNAct(in_channels, branch, 1)
         self.branches = nn.ModuleList(ConvBNAct(branch, branch // 2, 1) for _ in grids)
         self.upsample = Upsample()
@@ -50,7 +49,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduce(x)
-        pooled = [self.upsample(conv(F.adaptive_avg_pool2d(x, grid)), x) for grid, conv in zip(self.grids, self.branches)]
+        pooled = [self.upsample(conv(pool(x)), x) for pool, conv in zip(self.pools, self.branches)]
         return self.fuse(self.concat(x, *pooled))
 
 

@@ -1,0 +1,159 @@
+"""Where quantizers sit in a model built from edgeseg blocks, attaching them, calibrating.
+
+Quantized like an integer engine stores tensors (REFERENCE.md section 1): the model input,
+every conv's weights, and the outputs of every ConvBNAct (after its activation), Add,
+Concat, Upsample, pooling, free activation and per-channel affine module, except the
+model's own output, which stays float. The list of those modules ("points") is found once
+by running the model and is stored in config.json, so a model directory rebuilds exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from edgeseg.compress.bn_fold import ChannelAffine
+from edgeseg.compress.quant.config import QuantizeConfig
+from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer
+from edgeseg.models.blocks import AdaptiveAvgPool, Add, Concat, ConvBNAct, FixedBilinearDeconv, Upsample
+
+OUTPUT_KINDS = (ConvBNAct, Add, Concat, Upsample, AdaptiveAvgPool, FixedBilinearDeconv, ChannelAffine,
+                nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.PReLU, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d)
+INPUT = "input"
+
+
+def _inside_block(name: str, blocks: list[str]) -> bool:
+    return any(name.startswith(block + ".") for block in blocks)
+
+
+@torch.no_grad()
+def quantization_points(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[str], dict[str, str], list[str]]:
+    """The modules whose outputs get quantized (see the module docstring), in the order they
+    run on a (1, 3, H, W) input; the resizes among them that stay on the grid of the point
+    that feeds them (name -> that point); and the first layers (the ConvBNActs reading the
+    model input). The model's output stays float."""
+    blocks = [name for name, module in model.named_modules() if isinstance(module, ConvBNAct)]
+    candidates = {name: module for name, module in model.named_modules()
+                  if isinstance(module, OUTPUT_KINDS) and not _inside_block(name, blocks)}
+    ran: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: ran.append((name, i[0] if i else None, o)))
+               for name, module in candidates.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        image = torch.zeros(1, 3, *input_size, device=next(model.parameters()).device)
+        output = model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    producer = {id(image): INPUT}
+    calls = {name: sum(entry[0] == name for entry in ran) for name in candidates}
+    points, follow = [], {}
+    first = sorted({name for name, source, _ in ran if source is image and isinstance(candidates[name], ConvBNAct)})
+    for name, source, tensor in ran:
+        fed_by = producer.get(id(source)) if source is not None else None
+        if tensor is output:
+            continue
+        if isinstance(candidates[name], Upsample) and fed_by is not None and calls[name] == 1:
+            follow[name] = fed_by
+        if name not in points:
+            points.append(name)
+        producer[id(tensor)] = name
+    return points, follow, first
+
+
+def _quantize_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return module.output_quantizer(output)
+
+
+def _quantize_input(module: nn.Module, args):
+    return (module.input_quantizer(args[0]), *args[1:])
+
+
+def attach_quantizers(model: nn.Module, config: QuantizeConfig, points: Iterable[str],
+                      follow: dict[str, str] | None = None, float_layers: Iterable[str] = ()) -> nn.Module:
+    """Give every ConvBNAct a weight quantizer, the model an input quantizer and each point an
+    output quantizer (disabled until calibrated); points in ``follow`` use the grid of the
+    point named there. ``float_layers`` (the first layers, when they stay in float as in
+    Blueoil) keep float weights, and the input then stays float too. Returns the model,
+    changed in place."""
+    float_layers = set(float_layers)
+    for name, module in model.named_modules():
+        if isinstance(module, ConvBNAct):
+            if not isinstance(module.bn, nn.Identity):
+                raise ValueError("fold the BatchNorms (edgeseg fold-bn) before quantizing: the quantized weights "
+                                 "must be the ones an integer engine runs")
+            if name not in float_layers:
+                module.weight_quantizer = WeightQuantizer(config)
+    modules = dict(model.named_modules())
+    if not float_layers:
+        model.input_quantizer = ActivationQuantizer(config)
+        model.register_forward_pre_hook(_quantize_input)
+    for name in points:
+        if name not in modules:
+            raise ValueError(f"quantization point '{name}' is not a module of this model")
+        modules[name].output_quantizer = ActivationQuantizer(config)
+        modules[name].register_forward_hook(_quantize_output)
+    for name, source in (follow or {}).items():
+        owner = model if source == INPUT else modules.get(source)
+        quantizer = getattr(owner, "input_quantizer" if source == INPUT else "output_quantizer", None)
+        if name not in points or quantizer is None:
+            raise ValueError(f"quantization point '{name}' follows '{source}', which is not quantized")
+        modules[name].output_quantizer.follow(quantizer)
+    return model
+
+
+def activation_quantizers(model: nn.Module) -> Iterator[tuple[str, ActivationQuantizer]]:
+    """(point name, quantizer); the model input is named 'input'."""
+    for name, module in model.named_modules():
+        if isinstance(module, ActivationQuantizer):
+            owner = name.rsplit(".", 1)[0] if "." in name else INPUT
+            yield owner, module
+
+
+@contextlib.contextmanager
+def calibrating(model: nn.Module) -> Iterator[None]:
+    """Within: every activation quantizer tracks the ranges it sees, in any mode."""
+    quantizers = [q for _, q in activation_quantizers(model)]
+    for quantizer in quantizers:
+        quantizer.calibrating = True
+    try:
+        yield
+    finally:
+        for quantizer in quantizers:
+            quantizer.calibrating = False
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: Iterable[torch.Tensor]) -> int:
+    """Track activation ranges over ``images`` (normalised (1, 3, H, W) batches) with the float
+    model, then switch quantization on. Returns the number of batches seen."""
+    was_training = model.training
+    model.eval()
+    seen = 0
+    with calibrating(model):
+        for _, quantizer in activation_quantizers(model):
+            quantizer.enabled.zero_()
+        for batch in images:
+            model(batch)
+            seen += 1
+    if seen == 0:
+        raise ValueError("calibration needs at least one image")
+    for _, quantizer in activation_quantizers(model):
+        quantizer.enabled.fill_(1)
+    model.train(was_training)
+    return seen
+
+
+@torch.no_grad()
+def bake_weights(model: nn.Module) -> None:
+    """Replace every quantized conv weight by its quantized value (and remember its scales),
+    as export needs: the stored float weights are then exactly the int8 levels times scale."""
+    for module in model.modules():
+        if isinstance(module, ConvBNAct) and module.weight_quantizer is not None:
+            module.conv.weight.copy_(module.weight_quantizer.bake(module.conv.weight))
+
