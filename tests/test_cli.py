@@ -102,10 +102,15 @@ def test_demo_runs_the_pipeline_and_prints_the_stage_report(tmp_path):
     assert "stage report" in proc.stdout and "bicyclist" in proc.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     stages = [s["stage"] for s in report["stages"]]
-    assert stages == ["01-dense", "02-l1", "03-threshold", "04-sparse", "05-fold-bn"]
-    dense, sparse = report["stages"][0], report["stages"][-1]
-    assert dense["miou"] > 0.3 and sparse["sparsity"] > 0.5
+    assert stages == ["01-dense", "02-l1", "03-threshold", "04-sparse", "05-fold-bn", "06-quantize", "07-export"]
+    dense, folded, quantized, exported = (report["stages"][i] for i in (0, 4, 5, 6))
+    assert dense["miou"] > 0.3 and folded["sparsity"] > 0.5
+    assert quantized["zero_weights"] >= folded["zero_weights"]  # quantization keeps every zero
+    assert quantized["precision"].startswith("sim power-of-two w8/a8")
+    assert exported["precision"].startswith("int8") and exported["runtime"] == "onnxruntime"
+    assert abs(exported["miou"] - quantized["miou"]) < 0.02
     assert all(f"| {name} |" in proc.stdout for name in stages)
+    assert (tmp_path / "demo" / "stages" / "07-export" / "bundle" / "run.py").is_file()
     assert len(list((tmp_path / "demo" / "predictions").glob("*_overlay.png"))) == 4
 
 

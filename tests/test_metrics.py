@@ -122,3 +122,14 @@ def test_property_matches_reference(num_classes, seed):
     got = cm.summary()
     assert got["miou"] == pytest.approx(ref["miou"])
     assert got["pixel_acc"] == pytest.approx(ref["pixel_acc"])
+
+
+def test_class_ids_equal_argmax_including_ties():
+    from edgeseg.metrics import class_ids
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 11, 30, 40)
+    logits[0, 7] = logits[0, 2]  # every pixel of image 0 ties between classes 2 and 7 where they win
+    logits[1, :, :5] = 0.0  # all classes tie: the first wins
+    assert torch.equal(class_ids(logits), logits.argmax(dim=1))
+    assert bool((class_ids(logits)[1, :5] == 0).all())

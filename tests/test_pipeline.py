@@ -96,7 +96,12 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
     cases = [
         ({"stages": {**TINY_RECIPE["stages"], "prune": {"stage": "thresold"}}},
          "stages.prune: unknown stage 'thresold' (did you mean 'threshold'?"),
-        ({"stages": {**TINY_RECIPE["stages"], "quantize": {}}}, "stages.quantize: stage 'quantize' is not available"),
+        ({"stages": {**TINY_RECIPE["stages"], "prune": {}}}, "stages.prune: stage 'prune' is not available"),
+        ({"stages": {**TINY_RECIPE["stages"], "quantize": {"quantization": {"sheme": "float"}}}},
+         "stages.quantize: unknown key 'quantization.sheme' (did you mean 'scheme'?)"),
+        ({"stages": {**TINY_RECIPE["stages"], "quantize": {"train": {"epoch": 2}}}},
+         "stages.quantize.train: unknown key 'epoch' (did you mean 'epochs'?)"),
+        ({"stages": {**TINY_RECIPE["stages"], "export": {"format": "tflite"}}}, "stages.export: bad value for 'format'"),
         ({"stages": {"dense": {"stage": "train", "train": {"optimiser": {}}}}},
          "stages.dense.train: unknown key 'optimiser' (did you mean 'optimizer'?)"),
         ({"stages": {"threshold": {"fraction_mid": 0.8, "per_chanel": True}}},

@@ -46,3 +46,25 @@ def measure_side_by_side(predictors: dict[str, object], size: tuple[int, int], r
 def measure_latency(predictor, size: tuple[int, int], runs: int = 20, warmup: int = 3) -> dict:
     """The latency of one predictor (see ``measure_side_by_side``)."""
     return measure_side_by_side({"model": predictor}, size, runs, warmup)["model"]
+
+
+def end_to_end(predictor, images: list, warmup: int = 2) -> dict:
+    """Frames per second of the whole path a deployed model runs per image: decode the file,
+    normalise, predict, argmax, encode the paletted label PNG (nothing written to disk)."""
+    from edgeseg.data.imageio import read_image
+    from edgeseg.predict import label_png
+
+    def one(path) -> None:
+        image = read_image(path)
+        tensor = predictor.normalize.image(torch.from_numpy(image).permute(2, 0, 1))[None]
+        label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+        label_png(label, predictor.classes)
+
+    with torch.inference_mode():
+        for path in images[:warmup]:
+            one(path)
+        started = time.perf_counter()
+        for path in images:
+            one(path)
+        seconds = time.perf_counter() - started
+    return {"images": len(images), "seconds": seconds, "fps": len(images) / seconds}

@@ -142,7 +142,7 @@ def init_command(
 
 @app.command("eval")
 def eval_command(
-    model: Path = typer.Argument(..., help="model directory"),
+    model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
     data: str = typer.Option(..., "--data", help="dataset spec, e.g. camvid:PATH or synthetic"),
     split: str = typer.Option("val", "--split"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
@@ -167,22 +167,32 @@ def eval_command(
 
 @app.command("predict")
 def predict_command(
-    model: Path = typer.Argument(..., help="model directory"),
-    sources: List[str] = typer.Argument(..., help="images, folders, glob patterns or list files"),
+    model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
+    sources: List[str] = typer.Argument(..., help="images, folders, glob patterns, list files, videos or camera "
+                                                  "indices"),
     out_dir: Path = typer.Option(Path("predictions"), "--out", help="output folder"),
     with_overlay: bool = typer.Option(False, "--overlay", help="also write colour overlays"),
     device: str = DeviceOption,
 ) -> None:
-    """Write a paletted label PNG (and optionally an overlay) for every input image."""
+    """Write a paletted label PNG (and optionally an overlay) for every input image; video
+    files and camera indices give an overlay video at the source frame rate."""
     from edgeseg.inference import load_predictor
-    from edgeseg.predict import expand_sources, predict_images
+    from edgeseg.predict import expand_sources, is_video_source, predict_images, predict_video
     from edgeseg.runtime import resolve_device
 
     predictor = load_predictor(model, resolve_device(device))
-    results = predict_images(predictor, expand_sources(sources), out_dir, with_overlay)
-    times = sorted(r.milliseconds for r in results)
-    out.print(f"wrote {len(results)} label maps to {out_dir} "
-              f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
+    videos = [source for source in sources if is_video_source(source)]
+    images = [source for source in sources if not is_video_source(source)]
+    for video in videos:
+        result = predict_video(predictor, video, out_dir)
+        times = sorted(result.milliseconds)
+        out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
+                  f"(median {times[len(times) // 2]:.1f} ms per frame on {predictor.device})")
+    if images:
+        results = predict_images(predictor, expand_sources(images), out_dir, with_overlay)
+        times = sorted(r.milliseconds for r in results)
+        out.print(f"wrote {len(results)} label maps to {out_dir} "
+                  f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
 
 
 @app.command("info")
@@ -212,7 +222,8 @@ def fold_bn_command(
 ) -> None:
     """Merge every BatchNorm into the conv before it (caffe-jacinto's "optimize"); checks the
     folded model against the original and prints the largest logit difference."""
-    from edgeseg.compress.bn_fold import fold_model_dir, real_check_images
+    from edgeseg.compress.bn_fold import fold_model_dir
+    from edgeseg.compress.sample_images import real_check_images
 
     check = real_check_images(model, data, split, images) if data else None
     metrics = fold_model_dir(model, out_dir, check)
@@ -254,6 +265,143 @@ def threshold_command(
     out.print(table)
     out.print(f"conv weight sparsity {100 * metrics['sparsity_before']:.2f} % -> "
               f"{100 * metrics['sparsity_after']:.2f} %; wrote {out_dir}")
+
+
+@app.command("quantize")
+def quantize_command(
+    model: Path = typer.Argument(..., help="a float model directory"),
+    out_dir: Path = typer.Option(..., "--out", help="the quantized model directory to write"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset spec (default: the one the model was trained on)"),
+    scheme: str = typer.Option("float", "--scheme", help="float (per-channel weight scales) or power-of-two"),
+    weight_bits: int = typer.Option(8, "--weight-bits"),
+    activation_bits: int = typer.Option(8, "--activation-bits"),
+    target: str = typer.Option("x86", "--target", help="x86 (weights |q| <= 63: no saturation without VNNI) "
+                                                         "or full-range"),
+    calibration: int = typer.Option(20, "--calibration-batches", help="training images the ranges are tracked on"),
+    epochs: int = typer.Option(0, "--epochs", min=0, help="quantization-aware fine-tuning epochs (0: calibration only)"),
+    lr: float = typer.Option(1e-5, "--lr", help="fine-tuning learning rate"),
+    train_config: Optional[Path] = typer.Option(
+        None, "--train-config", help="training config whose data, augmentation, batch and loss the fine-tuning uses "
+                                     "(its epochs, lr and evaluation interval are replaced)"),
+    stochastic: bool = typer.Option(False, "--stochastic-rounding", help="power-of-two: stochastic rounding in training"),
+    track_ranges: bool = typer.Option(False, "--track-ranges", help="keep tracking activation ranges while fine-tuning"),
+    float_first_layer: bool = typer.Option(False, "--float-first-layer", help="keep the first conv(s) and the input "
+                                                                              "in float (Blueoil)"),
+) -> None:
+    """Quantize MODEL: fold BNs, calibrate activation ranges (post-training quantization) and
+    optionally fine-tune with quantization simulated; writes snapshot_log.txt per layer."""
+    from edgeseg.compress.quant import QuantizeConfig
+    from edgeseg.models.model_dir import read_model_config
+    from edgeseg.pipeline.quantize import run_quantize
+    from edgeseg.schema import load_yaml, merge, validate
+
+    quant = validate(QuantizeConfig, dict(
+        scheme=scheme, weight_bits=weight_bits, activation_bits=activation_bits, target=target,
+        calibration_batches=calibration, stochastic_rounding=stochastic, freeze_ranges=not track_ranges,
+        quantize_first_layer=not float_first_layer),
+        "quantize options")
+    data = data or read_model_config(model).trained_on()
+    if data is None:
+        raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC")
+    finetune = None
+    if epochs:
+        base = dict(load_yaml(train_config) or {}) if train_config else {}
+        base.pop("name", None)
+        base.pop("runs_dir", None)
+        finetune = merge(base, {"epochs": epochs, "optimizer": {"lr": lr}, "eval_every": 1})
+    details = run_quantize(model, out_dir, quant, data, finetune, out_dir.with_name(out_dir.name + ".work"),
+                           log=out.print, config_source=str(train_config or "quantize options"))
+    snapshot = out_dir / "snapshot_log.txt"
+    if snapshot.is_file():
+        out.print(snapshot.read_text(encoding="utf-8"))
+    out.print(f"wrote {out_dir}" + (f" (fine-tuned: best val mIoU {100 * details['best_val_miou']:.2f} %)"
+                                    if finetune is not None else ""))
+
+
+@app.command("export")
+def export_command(
+    model: Path = typer.Argument(..., help="model directory"),
+    fmt: str = typer.Option(..., "--format", help="onnx, onnx-int8 or bundle"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="default: MODEL.onnx or MODEL-bundle/"),
+    size: Optional[List[int]] = typer.Option(None, "--size", help="fixed input height and width (twice)"),
+    data: Optional[str] = typer.Option(None, "--data", help="check on this dataset (default: the training one)"),
+    split: str = typer.Option("val", "--split"),
+    images: int = typer.Option(8, "--images", min=1, help="images the export is checked on"),
+    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8: least pixel agreement with PyTorch"),
+) -> None:
+    """Export MODEL to ONNX (fp32 or int8) or a deploy bundle; the export is run in ONNX Runtime
+    and checked against MODEL on real images before anything is written."""
+    from edgeseg.compress.sample_images import labelled_images
+    from edgeseg.export.onnx import Tolerances, export_onnx
+    from edgeseg.models.model_dir import read_model_config
+
+    if fmt not in ("onnx", "onnx-int8", "bundle"):
+        raise EdgesegError(f"--format: unknown format '{fmt}' (onnx, onnx-int8, bundle)")
+    if size is not None and len(size) != 2:
+        raise typer.BadParameter("give --size twice: --size H --size W")
+    config = read_model_config(model)
+    data = data or config.trained_on()
+    if data is None:
+        raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC for the export check")
+    check = labelled_images(model, data, split, images)
+    export_size = tuple(size) if size else None
+    int8 = config.quantization is not None
+    if fmt == "bundle":
+        from edgeseg.export.bundle import write_bundle
+
+        target = out_path or model.with_name(model.name + "-bundle")
+        metrics = write_bundle(model, target, export_size, check, Tolerances(min_agreement=min_agreement))
+    else:
+        if (fmt == "onnx-int8") != int8:
+            raise EdgesegError(f"{model}: " + ("not quantized; run 'edgeseg quantize' first" if not int8 else
+                                              "is quantized; export it with --format onnx-int8"))
+        target = out_path or model.with_suffix(".onnx")
+        metrics = export_onnx(model, target, int8, export_size, check, Tolerances(min_agreement=min_agreement))
+    quality = (f"pixel agreement {100 * metrics['agreement']:.2f} %" if int8 else
+               f"max |logit difference| {metrics['max_abs_diff']:.2e}")
+    if "miou_drop" in metrics:
+        quality += f", mIoU {100 * metrics['exported_miou']:.2f} vs {100 * metrics['reference_miou']:.2f} %"
+    out.print(f"wrote {target} ({metrics['format']}, {metrics['size'][0]}x{metrics['size'][1]}); checked on "
+              f"{metrics['check_images']} images of {data} [{split}]: {quality}")
+
+
+@app.command("bench")
+def bench_command(
+    models: List[Path] = typer.Argument(..., help="model directories, .onnx files or bundles (timed side by side)"),
+    size: Optional[List[int]] = typer.Option(None, "--size", help="input height and width (twice)"),
+    runs: int = typer.Option(30, "--runs", min=1),
+    images: Optional[Path] = typer.Option(None, "--images", help="also time end to end on this folder of images"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
+    device: str = DeviceOption,
+) -> None:
+    """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
+    their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
+    pre-processing, argmax and PNG encoding."""
+    from edgeseg.benchmark import end_to_end, measure_side_by_side
+    from edgeseg.fileio import atomic_write_json
+    from edgeseg.inference import load_predictor
+    from edgeseg.predict import expand_sources
+    from edgeseg.runtime import resolve_device
+
+    if size is not None and len(size) != 2:
+        raise typer.BadParameter("give --size twice: --size H --size W")
+    predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
+    first = next(iter(predictors.values()))
+    input_size = tuple(size) if size else tuple(getattr(first, "size", None) or first.config.input_size)
+    results = measure_side_by_side(predictors, input_size, runs=runs)
+    table = Table(title=f"latency at {input_size[0]}x{input_size[1]}, batch 1, {runs} runs interleaved")
+    for column in ("model", "backend", "median ms", "p90 ms", "FPS", "end-to-end FPS"):
+        table.add_column(column, justify="left" if column in ("model", "backend") else "right")
+    paths = expand_sources([str(images)]) if images else []
+    for name, predictor in predictors.items():
+        row = results[name]
+        if paths:
+            row["end_to_end"] = end_to_end(predictor, paths)
+        table.add_row(name, row["backend"], f"{row['latency_ms']:.1f}", f"{row['latency_ms_p90']:.1f}",
+                      f"{row['fps']:.1f}", f"{row['end_to_end']['fps']:.1f}" if paths else "-")
+    out.print(table)
+    if json_file:
+        atomic_write_json(json_file, results[str(models[0])] if len(models) == 1 else results)
 
 
 @data_app.command("check")

@@ -2,7 +2,8 @@
 
 The label doctor, the staged sparse pipeline of caffe-jacinto's seeds (dense training, L1,
 threshold, sparse fine-tuning with frozen zeros, BatchNorm folding) with its per-stage
-report, and prediction with overlays. Quantization and export stages join as they land.
+report, post-training int8 quantization, a deploy bundle checked in ONNX Runtime, and
+prediction with overlays by the deployed bundle.
 """
 
 from __future__ import annotations
@@ -36,24 +37,27 @@ DEMO_RECIPE = {
                       "value_max": 1.0, "value_maxratio": 1.0},
         "sparse": {"train": {"epochs": 20, "optimizer": {"lr": 0.001}}},
         "fold-bn": {"check_images": 4},
+        "quantize": {"quantization": {"scheme": "power-of-two", "calibration_batches": 8}},
+        "export": {"format": "bundle", "check_images": 4},
     },
 }
 
 
 def run_demo(out_dir: Path, console: Console) -> dict:
-    """Doctor -> the staged pipeline (train, l1, threshold, sparse fine-tune, fold-bn) ->
-    predictions of the final model, on synthetic data; returns the pipeline report."""
+    """Doctor -> the staged pipeline (train, l1, threshold, sparse fine-tune, fold-bn,
+    quantize, export) -> predictions of the deployed bundle, on synthetic data; returns the
+    pipeline report."""
     source = open_source(DEMO_SPEC)
     console.rule("1. label doctor")
     print_doctor(check_dataset(source, ["train", "val"]), console)
 
-    console.rule("2. staged pipeline: dense -> L1 -> threshold -> sparse fine-tune -> fold BatchNorm")
+    console.rule("2. staged pipeline: dense -> L1 -> threshold -> sparse fine-tune -> fold BN -> int8 -> bundle")
     recipe, stages = check_recipe({**DEMO_RECIPE, "out_dir": str(out_dir)}, "demo recipe")
     report = run_pipeline(recipe, stages, f"edgeseg demo --out {out_dir}",
                           log=lambda line: console.print(line, markup=False, soft_wrap=True))
-    final = out_dir / "stages" / report["stages"][-1]["stage"] / "model"
+    final = out_dir / "stages" / report["stages"][-1]["stage"] / "bundle"
 
-    console.rule("3. prediction with the final model")
+    console.rule("3. prediction with the deployed bundle (ONNX Runtime, int8)")
     predictor = load_predictor(final, torch.device("cpu"))
     val = source.dataset("val")
     image_dir = out_dir / "images"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.transforms import Normalize
 from edgeseg.errors import ModelError
+from edgeseg.metrics import class_ids
 from edgeseg.models.model_dir import ModelConfig, load_model_dir
 
 
@@ -45,12 +46,78 @@ class TorchPredictor:
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, H, W) int64 class ids."""
-        return self.logits(images).argmax(dim=1)
+        return class_ids(self.logits(images))
 
 
-def load_predictor(path: str | Path, device: torch.device) -> TorchPredictor:
-    """A predictor for a model directory."""
+class OnnxPredictor:
+    """An edgeseg ONNX export run by ONNX Runtime (CPU, all graph optimisations), with the
+    same interface as TorchPredictor. The file's input size is fixed: smaller images are
+    zero-padded (the mean colour) and the logits cropped back."""
+
+    def __init__(self, session, source: str) -> None:
+        from edgeseg.export.onnx_graph import read_metadata
+
+        meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        if "edgeseg_config" not in meta:
+            raise ModelError(f"{source}: not an edgeseg export (no edgeseg_config in its metadata)")
+        self.session, self.source = session, source
+        self.config = ModelConfig(**meta["edgeseg_config"])
+        self.classes: ClassInfo = self.config.class_info()
+        self.normalize = Normalize(self.config.mean, self.config.std)
+        self.output_stride = self.config.output_stride
+        self.size = tuple(meta["input_size"])
+        self.precision = meta.get("precision", "fp32")
+        self.device = torch.device("cpu")
+        self.backend = "onnxruntime"
+
+    @staticmethod
+    def _session(model: str | bytes, threads: int | None):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        # idle worker threads would spin and steal the core from whatever runs next (another
+        # model timed side by side, the decoder of the next frame)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int | None = None) -> "OnnxPredictor":
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: file not found")
+        try:
+            session = cls._session(str(path), threads)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
+        return cls(session, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPredictor":
+        return cls(cls._session(data, threads), "exported model")
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        fh, fw = self.size
+        if h > fh or w > fw:
+            raise ModelError(f"{self.source}: image {h}x{w} is larger than the model's fixed input {fh}x{fw}; "
+                             f"export again with --size")
+        x = F.pad(images.float().cpu(), (0, fw - w, 0, fh - h)).contiguous().numpy()
+        out = self.session.run(["logits"], {"image": x})[0]
+        return torch.from_numpy(out[..., :h, :w])
+
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        return class_ids(self.logits(images))
+
+
+def load_predictor(path: str | Path, device: torch.device) -> TorchPredictor | OnnxPredictor:
+    """A predictor for a model directory, an ``.onnx`` file, or a deploy bundle (a folder
+    with model.onnx). ONNX models run on the CPU whatever ``device`` says."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        raise ModelError(f"{path}: ONNX models are not supported by this version yet; pass a model directory")
+        return OnnxPredictor.from_file(path)
+    if (path / "model.onnx").is_file() and not (path / "config.json").is_file():
+        return OnnxPredictor.from_file(path / "model.onnx")
     return TorchPredictor.from_dir(path, device)

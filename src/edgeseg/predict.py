@@ -106,3 +106,58 @@ def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: b
             overlay_file = atomic_write_bytes(out_dir / f"{name}_overlay.png", buffer.getvalue())
         results.append(PredictResult(path, label_file, overlay_file, elapsed))
     return results
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def is_video_source(source: str) -> bool:
+    """A video file (by suffix) or a camera index ('0', '1', ...)."""
+    return source.isdigit() or Path(source).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass
+class VideoResult:
+    source: str
+    overlay_file: Path
+    frames: int
+    fps: float
+    milliseconds: list[float]
+
+
+def predict_video(predictor, source: str, out_dir: Path, max_frames: int | None = None) -> VideoResult:
+    """Segment every frame of a video file or camera; write ``<out>/<name>_overlay.mp4`` at
+    the source's frame rate and time each frame's prediction (as the seeds' scripts do)."""
+    import cv2
+
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise DataError(f"{source}: cannot open this video or camera")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    name = f"camera{source}" if source.isdigit() else Path(source).stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}_overlay.mp4"
+    partial = target.with_name(f".{target.stem}.partial.mp4")
+    writer, times = None, []
+    try:
+        while max_frames is None or len(times) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            tensor = predictor.normalize.image(torch.from_numpy(rgb).permute(2, 0, 1))[None]
+            started = time.perf_counter()
+            label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+            times.append((time.perf_counter() - started) * 1000)
+            if writer is None:
+                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                         (rgb.shape[1], rgb.shape[0]))
+            writer.write(cv2.cvtColor(overlay(rgb, label, predictor.classes), cv2.COLOR_RGB2BGR))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if not times:
+        raise DataError(f"{source}: no frames could be read")
+    partial.replace(target)
+    return VideoResult(source, target, len(times), fps, times)

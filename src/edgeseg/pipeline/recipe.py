@@ -11,15 +11,18 @@ A recipe names its stages in order under ``stages:``, each a mapping whose kind 
       threshold: {fraction_mid: 0.8, per_channel: true}
       sparse: {train: {epochs: 20, optimizer: {lr: 1e-4}}}
       fold-bn: {}
+      quantize: {quantization: {scheme: power-of-two}, train: {epochs: 3}}
+      export: {format: bundle}
 
 Training stages (train, l1, sparse) merge their ``train:`` mapping over the recipe's and
 start from the previous stage's model; ``l1`` forces L1 regularisation and ``sparse``
-freezes the zeros it starts with (the seed's WEIGHT_DISCONNECTED_ELTWISE).
+freezes the zeros it starts with (the seed's WEIGHT_DISCONNECTED_ELTWISE). ``quantize``
+calibrates (and with ``train:`` fine-tunes) a quantized model; ``export`` writes the ONNX
+file or bundle and hands its input model on unchanged.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +30,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeseg import __version__
+from edgeseg.compress.quant import QuantizeConfig
 from edgeseg.compress.threshold import ThresholdConfig
 from edgeseg.errors import ConfigError
-from edgeseg.schema import StrictModel, load_yaml, validate
+from edgeseg.schema import StrictModel, load_yaml, merge, validate
+from edgeseg.pipeline.quantize import FINETUNE_DEFAULTS, finetune_config
 from edgeseg.train.config import TrainConfig, apply_overrides
 
 TRAINING_KINDS = ("train", "l1", "sparse")
@@ -59,10 +64,28 @@ class FoldStage(StrictModel):
     check_images: int = Field(4, ge=1, description="val images the folded model is checked on")
 
 
+class QuantizeStage(StrictModel):
+    stage: Literal["quantize"]
+    quantization: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    train: dict[str, Any] | None = Field(
+        None, description="quantization-aware fine-tuning: overrides of the recipe's train section over "
+                          "5 epochs at lr 1e-5 (absent: calibration only)")
+
+
+class ExportStage(StrictModel):
+    stage: Literal["export"]
+    format: Literal["onnx", "onnx-int8", "bundle"] | None = Field(
+        None, description="default: onnx-int8 for a quantized model, else onnx")
+    size: tuple[int, int] | None = Field(None, description="fixed input (H, W); default: the report's size")
+    check_images: int = Field(8, ge=1, description="val images the export is checked on")
+    min_agreement: float = Field(0.98, gt=0, le=1, description="int8: least pixel agreement with PyTorch")
+
+
 STAGE_TYPES: dict[str, type[StrictModel]] = {
-    "train": TrainStage, "l1": TrainStage, "sparse": TrainStage, "threshold": ThresholdStage, "fold-bn": FoldStage}
-PLANNED_KINDS = ("quantize", "prune", "export")
-Stage = TrainStage | ThresholdStage | FoldStage
+    "train": TrainStage, "l1": TrainStage, "sparse": TrainStage, "threshold": ThresholdStage, "fold-bn": FoldStage,
+    "quantize": QuantizeStage, "export": ExportStage}
+PLANNED_KINDS = ("prune",)
+Stage = TrainStage | ThresholdStage | FoldStage | QuantizeStage | ExportStage
 
 
 class ReportSection(StrictModel):
@@ -83,17 +106,6 @@ class Recipe(StrictModel):
     @property
     def directory(self) -> Path:
         return self.out_dir or Path("pipelines") / self.name
-
-
-def merge(base: dict, update: dict) -> dict:
-    """``update`` over ``base``; nested mappings merge, anything else replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def parse_stage(name: str, body: Any, source: str) -> Stage:
@@ -152,5 +164,14 @@ def check_recipe(raw: dict, source: str) -> tuple[Recipe, dict[str, Stage]]:
     for name, spec in stages.items():
         if isinstance(spec, TrainStage):
             stage_train_config(recipe, name, spec, recipe.directory, placeholder, source)
+        if isinstance(spec, QuantizeStage) and spec.train is not None:
+            finetune_config(finetune_section(recipe, spec), recipe.directory, recipe.directory,
+                            f"{source}: stages.{name}.train")
         placeholder = str(recipe.directory)
     return recipe, stages
+
+
+def finetune_section(recipe: Recipe, spec: QuantizeStage) -> dict:
+    """A quantize stage's fine-tuning keys: the recipe's train section, then the fine-tuning
+    defaults (epochs, lr), then the stage's own train section."""
+    return merge(merge(recipe.train, FINETUNE_DEFAULTS), spec.train or {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import platform
+from pathlib import Path
 
 import torch
 
@@ -19,16 +20,21 @@ DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs
               "latency_ms")
 
 
-def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.device) -> dict:
-    """Evaluate ``model_dir`` on ``dataset`` (full resolution, on ``device``) and measure it:
-    params, MACs and effective MACs (zero weights skipped) at ``size`` padded to the output
-    stride as the predictor runs it, conv-weight sparsity, and the weights file's size raw
-    and gzip-compressed."""
-    evaluation = evaluate(load_predictor(model_dir, device), dataset, num_workers=0)
+def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.device,
+                      artifact: str | None = None) -> dict:
+    """Evaluate ``model_dir`` (or the exported ``artifact`` made from it: an ONNX file or a
+    bundle, run in ONNX Runtime) on ``dataset`` at full resolution and measure it: params,
+    MACs and effective MACs (zero weights skipped) at ``size`` padded to the output stride as
+    the predictor runs it, conv-weight sparsity, and the size of the weights file (or ONNX
+    file), raw and gzip-compressed."""
+    evaluation = evaluate(load_predictor(artifact or model_dir, device), dataset, num_workers=0)
     predictor = load_predictor(model_dir, torch.device("cpu"))
     stride = predictor.output_stride
     profile = profile_model(predictor.model, tuple(-(-side // stride) * stride for side in size))
-    raw = (model_dir / WEIGHTS_NAME).read_bytes()
+    if artifact is None:
+        raw = (Path(model_dir) / WEIGHTS_NAME).read_bytes()
+    else:
+        raw = (Path(artifact) if Path(artifact).is_file() else Path(artifact) / "model.onnx").read_bytes()
     return {
         "miou": evaluation["miou"], "pixel_acc": evaluation["pixel_acc"], "mean_acc": evaluation["mean_acc"],
         "per_class_iou": evaluation["per_class_iou"], "num_images": evaluation["num_images"],
@@ -36,7 +42,18 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
         "sparsity": profile.sparsity, "conv_weights": sum(layer.weights for layer in profile.layers),
         "zero_weights": sum(layer.zeros for layer in profile.layers),
         "size_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)),
+        "precision": precision(predictor.config.quantization, artifact is not None),
+        "runtime": "onnxruntime" if artifact else "pytorch",
     }
+
+
+def precision(quantization: dict | None, exported: bool) -> str:
+    """'fp32', or the quantization spec in short: 'int8 float w8/a8 x86' ('sim' before export)."""
+    if quantization is None:
+        return "fp32"
+    spec = quantization["spec"]
+    return (f"{'int8' if exported else 'sim'} {spec['scheme']} w{spec['weight_bits']}/a{spec['activation_bits']} "
+            f"{spec['target']}")
 
 
 def measure_latencies(model_dirs: dict[str, object], size: tuple[int, int], runs: int) -> dict[str, dict]:
@@ -84,13 +101,14 @@ def report_markdown(report: dict) -> str:
              f"{host['threads']} threads; mIoU on the {report['split']} split at full resolution; "
              f"latency: CPU, batch 1, {report['latency_size'][0]}x{report['latency_size'][1]}, median, every stage's "
              f"model timed side by side in one go.", "",
-             "| stage | mIoU % | vs prev | vs first | pixel acc % | params | GMACs | effective GMACs | "
+             "| stage | precision | mIoU % | vs prev | vs first | pixel acc % | params | GMACs | effective GMACs | "
              "sparsity % | size MB | gzip MB | latency ms | minutes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["stages"]:
         prev, first = s.get("delta_prev"), s.get("delta_first")
         lines.append(
-            f"| {s['stage']} | {100 * s['miou']:.2f} | {_signed(prev['miou']) if prev else '-'} | "
+            f"| {s['stage']} | {s.get('precision', 'fp32')} ({s.get('runtime', 'pytorch')}) | {100 * s['miou']:.2f} | "
+            f"{_signed(prev['miou']) if prev else '-'} | "
             f"{_signed(first['miou']) if first else '-'} | {100 * s['pixel_acc']:.2f} | {s['params']:,} | "
             f"{s['macs'] / 1e9:.3f} | {s['effective_macs'] / 1e9:.3f} | {100 * s['sparsity']:.2f} | "
             f"{s['size_bytes'] / 1e6:.2f} | {s['gzip_bytes'] / 1e6:.2f} | {s['latency_ms']:.1f} | "

@@ -26,13 +26,18 @@ from typing import Callable
 
 import yaml
 
-from edgeseg.compress.bn_fold import fold_model_dir, real_check_images
+from edgeseg.compress.bn_fold import fold_model_dir
+from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.compress.threshold import threshold_model_dir
 from edgeseg.data.spec import open_source
 from edgeseg.errors import ConfigError
 from edgeseg.fileio import atomic_replace_dir, atomic_write_json, atomic_write_text
 from edgeseg.models.model_dir import CONFIG_NAME, WEIGHTS_NAME, read_model_config
-from edgeseg.pipeline.recipe import FoldStage, Recipe, Stage, ThresholdStage, TrainStage, stage_train_config
+from edgeseg.export.bundle import write_bundle
+from edgeseg.export.onnx import Tolerances, export_onnx
+from edgeseg.pipeline.quantize import run_quantize
+from edgeseg.pipeline.recipe import (ExportStage, FoldStage, QuantizeStage, Recipe, Stage, ThresholdStage, TrainStage,
+                                     finetune_section, stage_train_config)
 from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
@@ -64,8 +69,8 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
     size = tuple(recipe.report.size) if recipe.report.size else tuple(dataset.read(0)[1].shape)
     device = resolve_device(recipe.report.device)
 
-    def measure(model_dir: Path) -> dict:
-        return measure_model_dir(Path(model_dir), dataset, size, device)
+    def measure(model_dir: Path, artifact: str | None = None) -> dict:
+        return measure_model_dir(Path(model_dir), dataset, size, device, artifact)
 
     rows, models, upstream_ran, previous = [], {}, False, None
     for stage_dir, settings, spec, name in plan:
@@ -80,11 +85,15 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
         model_dir, init_from = stage_dir / "model", previous
 
         def work(spec=spec, stage_dir=stage_dir, model_dir=model_dir, init_from=init_from, name=name):
-            details = _run_stage(recipe, name, spec, stage_dir, model_dir, init_from, base, log)
+            details = _run_stage(recipe, name, spec, stage_dir, model_dir, init_from, base, size, log)
+            if "artifact" in details:  # an export: measured as deployed, handing its input on
+                return details, measure(init_from, details["artifact"])
             return details, measure(model_dir)
 
-        rows.append(_finish(stage_dir, settings, log, work))
-        models[stage_dir.name] = previous = str(model_dir)
+        row = _finish(stage_dir, settings, log, work)
+        rows.append(row)
+        models[stage_dir.name] = row.get("artifact") or str(model_dir)
+        previous = init_from if "artifact" in row else str(model_dir)
     log(f"timing {len(models)} models side by side at {size[0]}x{size[1]}")
     latencies = measure_latencies(models, size, recipe.report.latency_runs)
     report = build_report(recipe.name, rows, latencies, recipe.report.split, command)
@@ -148,7 +157,7 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _run_stage(recipe: Recipe, name: str, spec: Stage, stage_dir: Path, model_dir: Path,
-               init_from: str | None, base: TrainConfig, log: Log) -> dict:
+               init_from: str | None, base: TrainConfig, size: tuple[int, int], log: Log) -> dict:
     started = time.perf_counter()
     if isinstance(spec, TrainStage):
         details = _train_stage(recipe, name, spec, stage_dir, model_dir, init_from, log)
@@ -163,9 +172,35 @@ def _run_stage(recipe: Recipe, name: str, spec: Stage, stage_dir: Path, model_di
         details = fold_model_dir(init_from, model_dir, images)
         log(f"fold-bn: {details['folded_into_conv']} BatchNorms folded, max |logit difference| "
             f"{details['max_abs_diff']:.2e} on {details['check_images']} images")
+    elif isinstance(spec, QuantizeStage):
+        finetune = finetune_section(recipe, spec) if spec.train is not None else None
+        details = run_quantize(init_from, model_dir, spec.quantization, base.data.spec, finetune, stage_dir / "work",
+                               log, f"recipe: stages.{name}.train")
+    elif isinstance(spec, ExportStage):
+        details = _export_stage(spec, stage_dir, init_from, base, recipe.report.split, size, log)
     else:  # pragma: no cover - parse_stage admits no other kind
         raise ConfigError(f"stages.{name}: no runner for stage '{spec.stage}'")
     return {**details, "seconds": time.perf_counter() - started}
+
+
+def _export_stage(spec: ExportStage, stage_dir: Path, source: str, base: TrainConfig, split: str,
+                  size: tuple[int, int], log: Log) -> dict:
+    int8 = read_model_config(source).quantization is not None
+    fmt = spec.format or ("onnx-int8" if int8 else "onnx")
+    if fmt != "bundle" and (fmt == "onnx-int8") != int8:
+        raise ConfigError(f"export: format {fmt} does not fit {source} ({'' if int8 else 'not '}quantized)")
+    check = labelled_images(source, base.data.spec, split, spec.check_images)
+    tolerances = Tolerances(min_agreement=spec.min_agreement)
+    export_size = tuple(spec.size) if spec.size else size
+    if fmt == "bundle":
+        artifact = stage_dir / "bundle"
+        details = write_bundle(source, artifact, export_size, check, tolerances)
+    else:
+        artifact = stage_dir / "model.onnx"
+        details = export_onnx(source, artifact, int8, export_size, check, tolerances)
+    log(f"export: wrote {artifact} ({fmt}); pixel agreement with PyTorch {100 * details['agreement']:.2f} % "
+        f"on {details['check_images']} images")
+    return {**details, "format": fmt, "artifact": str(artifact)}
 
 
 def _train_stage(recipe: Recipe, name: str, spec: TrainStage, stage_dir: Path, model_dir: Path,

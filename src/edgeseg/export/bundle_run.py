@@ -1,0 +1,134 @@
+"""Run an edgeseg deploy bundle: segment images, folders or a video with ONNX Runtime.
+
+Needs numpy, onnxruntime and Pillow (OpenCV only for video and cameras); not edgeseg.
+
+    python run.py -i IMAGE_OR_FOLDER [...] [-o output] [--overlay]
+    python run.py -i video.mp4 -o output          (needs opencv-python)
+
+Writes output/<name>.png (paletted label maps: pixel value = class id) and, with --overlay,
+output/<name>_overlay.png; a video gives output/<name>_overlay.mp4 at the source frame rate.
+The model, classes, palette and pre-processing are read from model.onnx's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+
+
+class Segmenter:
+    def __init__(self, model_path: Path, threads: int = 0) -> None:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        self.height, self.width = meta["input_size"]
+        self.mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
+        self.classes = meta["classes"]
+        self.palette = meta["label_palette"]
+        self.colours = np.asarray(self.palette, np.uint8).reshape(256, 3)
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) uint8 class ids."""
+        h, w = rgb.shape[:2]
+        if h > self.height or w > self.width:
+            raise SystemExit(f"error: image {h}x{w} is larger than the model's input {self.height}x{self.width}")
+        x = (rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0) - self.mean) / self.std
+        padded = np.zeros((1, 3, self.height, self.width), np.float32)
+        padded[0, :, :h, :w] = x
+        logits = self.session.run(["logits"], {"image": padded})[0]
+        return logits[0, :, :h, :w].argmax(axis=0).astype(np.uint8)
+
+    def label_image(self, label: np.ndarray) -> Image.Image:
+        image = Image.fromarray(label, mode="P")
+        image.putpalette(self.palette)
+        return image
+
+    def overlay(self, rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        blended = rgb.astype(np.float32) * (1 - alpha) + self.colours[label].astype(np.float32) * alpha
+        return blended.round().astype(np.uint8)
+
+
+def expand(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file() or item.isdigit():
+            paths.append(path)
+        else:
+            raise SystemExit(f"error: {item}: file not found")
+    return paths
+
+
+def run_video(segmenter: Segmenter, source: str, out_dir: Path) -> None:
+    try:
+        import cv2
+    except ImportError:
+        raise SystemExit("error: video and cameras need OpenCV: pip install opencv-python-headless") from None
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise SystemExit(f"error: {source}: cannot open the video or camera")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    name = f"camera{source}" if source.isdigit() else Path(source).stem
+    writer, times = None, []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        started = time.perf_counter()
+        label = segmenter.labels(rgb)
+        times.append(1000 * (time.perf_counter() - started))
+        if writer is None:
+            writer = cv2.VideoWriter(str(out_dir / f"{name}_overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                     (rgb.shape[1], rgb.shape[0]))
+        writer.write(cv2.cvtColor(segmenter.overlay(rgb, label), cv2.COLOR_RGB2BGR))
+    if writer is not None:
+        writer.release()
+    capture.release()
+    if times:
+        print(f"{source}: {len(times)} frames at {fps:.1f} fps, median {sorted(times)[len(times) // 2]:.1f} ms "
+              f"per frame; wrote {out_dir / (name + '_overlay.mp4')}")
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description="Segment images, folders, videos or cameras with this bundle.")
+    parser.add_argument("-i", "--input", nargs="+", required=True, help="images, folders, videos or camera indices")
+    parser.add_argument("-o", "--output", type=Path, default=Path("output"))
+    parser.add_argument("-m", "--model", type=Path, default=here / "model.onnx")
+    parser.add_argument("--overlay", action="store_true", help="also write colour overlays")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
+    args = parser.parse_args()
+    segmenter = Segmenter(args.model, args.threads)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for path in expand(args.input):
+        if path.suffix.lower() in VIDEO_SUFFIXES or str(path).isdigit():
+            run_video(segmenter, str(path), args.output)
+            continue
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        started = time.perf_counter()
+        label = segmenter.labels(rgb)
+        ms = 1000 * (time.perf_counter() - started)
+        segmenter.label_image(label).save(args.output / f"{path.stem}.png")
+        if args.overlay:
+            Image.fromarray(segmenter.overlay(rgb, label)).save(args.output / f"{path.stem}_overlay.png")
+        print(f"{path}: {ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
