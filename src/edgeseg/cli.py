@@ -272,9 +272,11 @@ def quantize_command(
     model: Path = typer.Argument(..., help="a float model directory"),
     out_dir: Path = typer.Option(..., "--out", help="the quantized model directory to write"),
     data: Optional[str] = typer.Option(None, "--data", help="dataset spec (default: the one the model was trained on)"),
-    scheme: str = typer.Option("float", "--scheme", help="float (per-channel weight scales) or power-of-two"),
-    weight_bits: int = typer.Option(8, "--weight-bits"),
-    activation_bits: int = typer.Option(8, "--activation-bits"),
+    scheme: str = typer.Option("float", "--scheme", help="float (per-channel weight scales), power-of-two, or low-bit "
+                                                         "(Blueoil: 1-bit weights, 2-bit activations in [0, 2])"),
+    weight_bits: Optional[int] = typer.Option(None, "--weight-bits", help="default: 8 (low-bit: 1)"),
+    activation_bits: Optional[int] = typer.Option(None, "--activation-bits", help="default: 8 (low-bit: 2)"),
+    activation_max: float = typer.Option(2.0, "--activation-max", help="low-bit: activations clipped to [0, this]"),
     target: str = typer.Option("x86", "--target", help="x86 (weights |q| <= 63: no saturation without VNNI) "
                                                          "or full-range"),
     calibration: int = typer.Option(20, "--calibration-batches", help="training images the ranges are tracked on"),
@@ -295,11 +297,10 @@ def quantize_command(
     from edgeseg.pipeline.quantize import run_quantize
     from edgeseg.schema import load_yaml, merge, validate
 
-    quant = validate(QuantizeConfig, dict(
-        scheme=scheme, weight_bits=weight_bits, activation_bits=activation_bits, target=target,
-        calibration_batches=calibration, stochastic_rounding=stochastic, freeze_ranges=not track_ranges,
-        quantize_first_layer=not float_first_layer),
-        "quantize options")
+    options = dict(scheme=scheme, weight_bits=weight_bits, activation_bits=activation_bits, target=target,
+                   calibration_batches=calibration, stochastic_rounding=stochastic, freeze_ranges=not track_ranges,
+                   activation_max=activation_max, quantize_first_layer=False if float_first_layer else None)
+    quant = validate(QuantizeConfig, {k: v for k, v in options.items() if v is not None}, "quantize options")
     data = data or read_model_config(model).trained_on()
     if data is None:
         raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC")

@@ -88,6 +88,31 @@ def quantize_conv_biases(model: onnx.ModelProto) -> int:
     return count
 
 
+def clip_activation_levels(model: onnx.ModelProto, qmax: int) -> int:
+    """Low-bit activations: a uint8 Clip to 0..qmax between every activation QuantizeLinear
+    and its consumers, so the integer engine stores the 2^bits levels the model was trained
+    on (QuantizeLinear itself saturates only at 255). Returns how many were clipped."""
+    constants = _constants(model)
+    new_nodes, count = [], 0
+    for node in model.graph.node:
+        new_nodes.append(node)
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
+            continue
+        quantized, clipped = node.output[0], f"{node.output[0]}_clipped"
+        low, high = f"{quantized}_min", f"{quantized}_max"
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(0, np.uint8), low),
+                                        numpy_helper.from_array(np.array(qmax, np.uint8), high)])
+        for consumer in model.graph.node:
+            for index, name in enumerate(consumer.input):
+                if name == quantized:
+                    consumer.input[index] = clipped
+        new_nodes.append(onnx.helper.make_node("Clip", [quantized, low, high], [clipped], name=f"{quantized}_Clip"))
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return count
+
+
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
     keep = [init for init in model.graph.initializer if init.name in used]

@@ -86,6 +86,29 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
 
 
+class SpaceToDepth(nn.Module):
+    """(N, C, H, W) -> (N, C x b^2, H / b, W / b): each b x b patch becomes channels (a pure
+    rearrangement, so it keeps its input's quantization grid)."""
+
+    def __init__(self, block: int = 2) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.block)
+
+
+class DepthToSpace(nn.Module):
+    """The inverse of SpaceToDepth: (N, C x b^2, H, W) -> (N, C, H x b, W x b)."""
+
+    def __init__(self, block: int = 2) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.block)
+
+
 class AdaptiveAvgPool(nn.Module):
     """Average pooling to a ``grid`` x ``grid`` output (PSP/SwiftNet pyramid pooling).
 

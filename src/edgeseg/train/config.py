@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from edgeseg.compress.quant.config import QuantizeConfig
 from edgeseg.compress.sparsity import SparsityConfig
 from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
@@ -76,6 +77,9 @@ class TrainConfig(StrictModel):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     loss: LossSection = Field(default_factory=LossSection)
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    quantize: QuantizeConfig | None = Field(
+        None, description="train with quantizers from the first step: {scheme: low-bit} is Blueoil's 1-bit "
+                          "weights / 2-bit activations (int8 schemes calibrate first: edgeseg quantize)")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
@@ -83,7 +87,9 @@ class TrainConfig(StrictModel):
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
+    amp: bool = Field(True, description="mixed precision on CUDA: float16 autocast with loss scaling")
+    cpu_amp: bool = Field(
+        False, description="bfloat16 autocast on the CPU (fast where the CPU has AMX or AVX-512 BF16; weights stay float32)")
     channels_last: bool | None = Field(
         None, description="channels-last memory format; unset: on with CUDA, off on the CPU (where it helps some models)")
     tensorboard: bool = True

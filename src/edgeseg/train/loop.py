@@ -16,6 +16,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from edgeseg.compress.quant import attach_quantizers, quantization_spec
+from edgeseg.compress.quant.graph import low_bit_layout
 from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
@@ -87,7 +89,8 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     stage = {"stage": "train", "config": config.name, "data": spec}
     if config.model.init_from is None:
         model = create_model(config.model.name, classes.num_classes, **config.model.args)
-        return model, model_config_for(model, classes, input_size, config.data.mean, config.data.std, [stage])
+        model_config = model_config_for(model, classes, input_size, config.data.mean, config.data.std, [stage])
+        return attach_training_quantizers(config, model, model_config), model_config
     loaded = load_model_dir(config.model.init_from)
     if loaded.config.num_classes != classes.num_classes:
         raise ConfigError(f"model.init_from: {config.model.init_from} predicts {loaded.config.num_classes} classes "
@@ -96,7 +99,26 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
                                     config.data.std, [*loaded.config.history, stage])
     model_config.batchnorm_folded = loaded.config.batchnorm_folded
     model_config.quantization = loaded.config.quantization
-    return loaded.model.train(), model_config
+    return attach_training_quantizers(config, loaded.model.train(), model_config), model_config
+
+
+def attach_training_quantizers(config: TrainConfig, model: torch.nn.Module, model_config: ModelConfig):
+    """With a ``quantize`` section, the low-bit scheme's quantizers on ``model`` (in place),
+    recorded in ``model_config`` so every checkpoint rebuilds them."""
+    quant = config.quantize
+    if quant is None:
+        return model
+    if model_config.quantization is not None:
+        raise ConfigError("quantize: model.init_from is already quantized")
+    if quant.scheme != "low-bit":
+        raise ConfigError(f"quantize.scheme: '{quant.scheme}' needs calibrated ranges before training; use "
+                          f"'edgeseg quantize MODEL --epochs N' (only 'low-bit' trains quantized from scratch)")
+    stride = model_config.output_stride
+    size = tuple(-(-side // stride) * stride for side in model_config.input_size)
+    points, follow, float_layers = low_bit_layout(model, size)
+    attach_quantizers(model, quant, points, follow, float_layers)
+    model_config.quantization = quantization_spec(quant, points, follow, float_layers)
+    return model
 
 
 def loss_weights(config: TrainConfig, train_set, device) -> torch.Tensor | None:
@@ -109,6 +131,16 @@ def loss_weights(config: TrainConfig, train_set, device) -> torch.Tensor | None:
     weights = class_weights(report, train_set.classes.num_classes)[config.loss.class_weights]
     power = config.loss.class_weight_power
     return torch.tensor([w ** power if w is not None else 0.0 for w in weights], dtype=torch.float32, device=device)
+
+
+def training_autocast(config: TrainConfig, cuda: bool):
+    """A context factory for the forward pass: float16 autocast on CUDA (``amp``), bfloat16
+    autocast on the CPU (``cpu_amp``), or none."""
+    if cuda and config.amp:
+        return lambda: torch.autocast("cuda", dtype=torch.float16)
+    if not cuda and config.cpu_amp:
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -194,7 +226,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     shard = len(train_set) // process.world_size
     steps_per_epoch = max(1, shard // config.batch_size)
     predictor = TorchPredictor(model, model_config, device)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda and config.amp else contextlib.nullcontext
+    autocast = training_autocast(config, cuda)
     last_metrics = None
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + process.rank)

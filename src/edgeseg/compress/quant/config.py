@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgeseg.schema import StrictModel
 
@@ -17,10 +17,15 @@ class QuantizeConfig(StrictModel):
     negative values) and fl = bits - IL.
     ``float``: ONNX Runtime / TensorRT style. Symmetric weights with one float scale per
     output channel (max|w| / qmax); activations per tensor, asymmetric (zero point).
+    ``low-bit``: Blueoil's scheme. 1-bit weights sign(W) x mean|W| (one scale per tensor,
+    identity gradient) applied before the BatchNorm, so it trains from scratch; activations
+    of every ReLU block clipped to [0, activation_max] on 2^bits - 1 even steps (2 bits:
+    0, 2/3, 4/3, 2; straight-through gradient inside the range); the first layer and the
+    classifier keep float weights. Defaults to 1-bit weights and 2-bit activations.
     """
 
-    scheme: Literal["float", "power-of-two"] = "float"
-    weight_bits: int = Field(8, ge=2, le=8)
+    scheme: Literal["float", "power-of-two", "low-bit"] = "float"
+    weight_bits: int = Field(8, ge=1, le=8)
     activation_bits: int = Field(8, ge=2, le=8)
     bias_bits: int = Field(32, ge=8, le=32, description="integer engines keep conv biases at 32 bits (scale s_in x s_w)")
     target: Literal["x86", "full-range"] = Field(
@@ -32,12 +37,35 @@ class QuantizeConfig(StrictModel):
     ema_momentum: float = Field(0.9, gt=0, lt=1, description="range tracking: new = m x old + (1 - m) x batch")
     freeze_ranges: bool = Field(True, description="keep the calibrated activation ranges fixed during fine-tuning")
     stochastic_rounding: bool = Field(False, description="power-of-two scheme: round stochastically while training")
+    activation_max: float = Field(
+        2.0, gt=0, description="low-bit: activations are clipped to [0, activation_max] (Blueoil's "
+                               "linear mid-tread half quantizer)")
     quantize_first_layer: bool = Field(
         True, description="false: the conv(s) reading the image keep float weights and a float input (Blueoil's "
                           "default; cheaper on CPUs where a 3-channel int8 conv is slow)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _low_bit_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("scheme") == "low-bit":
+            data = {"weight_bits": 1, "activation_bits": 2, "quantize_first_layer": False, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _bits_fit_the_scheme(self):
+        if self.scheme == "low-bit" and self.weight_bits != 1:
+            raise ValueError("the low-bit scheme has 1-bit weights (weight_bits: 1)")
+        if self.scheme == "low-bit" and self.quantize_first_layer:
+            raise ValueError("the low-bit scheme keeps the first layer in float (quantize_first_layer: false)")
+        if self.scheme != "low-bit" and self.weight_bits < 2:
+            raise ValueError(f"1-bit weights need the low-bit scheme, not '{self.scheme}'")
+        return self
+
     @property
     def weight_qmax(self) -> int:
-        """The largest weight level: 2^(bits-1) - 1, one bit less for the x86 target."""
+        """The largest weight level: 2^(bits-1) - 1, one bit less for the x86 target; 1 for the
+        low-bit scheme's binary weights."""
+        if self.scheme == "low-bit":
+            return 1
         bits = self.weight_bits - 1 if self.target == "x86" and self.weight_bits == 8 else self.weight_bits
         return 2 ** (bits - 1) - 1

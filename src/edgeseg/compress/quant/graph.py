@@ -18,9 +18,11 @@ from torch import nn
 from edgeseg.compress.bn_fold import ChannelAffine
 from edgeseg.compress.quant.config import QuantizeConfig
 from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer
-from edgeseg.models.blocks import AdaptiveAvgPool, Add, Concat, ConvBNAct, FixedBilinearDeconv, Upsample
+from edgeseg.models.blocks import (AdaptiveAvgPool, Add, Concat, ConvBNAct, DepthToSpace, FixedBilinearDeconv,
+                                   SpaceToDepth, Upsample)
 
-OUTPUT_KINDS = (ConvBNAct, Add, Concat, Upsample, AdaptiveAvgPool, FixedBilinearDeconv, ChannelAffine,
+GRID_KEEPING = (Upsample, SpaceToDepth, DepthToSpace)  # resizes and rearrangements stay on their input's grid
+OUTPUT_KINDS = (ConvBNAct, Add, Concat, *GRID_KEEPING, AdaptiveAvgPool, FixedBilinearDeconv, ChannelAffine,
                 nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.PReLU, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d)
 INPUT = "input"
 
@@ -58,12 +60,40 @@ def quantization_points(model: nn.Module, input_size: tuple[int, int]) -> tuple[
         fed_by = producer.get(id(source)) if source is not None else None
         if tensor is output:
             continue
-        if isinstance(candidates[name], Upsample) and fed_by is not None and calls[name] == 1:
+        if isinstance(candidates[name], GRID_KEEPING) and fed_by is not None and calls[name] == 1:
             follow[name] = fed_by
         if name not in points:
             points.append(name)
         producer[id(tensor)] = name
     return points, follow, first
+
+
+@torch.no_grad()
+def low_bit_layout(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[str], dict[str, str], list[str]]:
+    """Where Blueoil's low-bit scheme quantizes: the outputs of the ReLU ConvBNActs (the
+    quantizer takes the ReLU's place, clipping to [0, max]) and of the space/depth
+    rearrangements of those (on their input's grid: name -> source), and which layers keep float
+    weights: the first conv to run (and any other reading the image) and the classifier (the
+    last conv to run)."""
+    points, follow, first = quantization_points(model, input_size)
+    modules = dict(model.named_modules())
+    relu_blocks = [name for name in points if isinstance(modules[name], ConvBNAct)
+                   and isinstance(modules[name].act, nn.ReLU)]
+    rearranged = {name: source for name, source in follow.items()
+                  if source in relu_blocks and isinstance(modules[name], (SpaceToDepth, DepthToSpace))}
+    order: list[str] = []
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: order.append(name))
+               for name, module in modules.items() if isinstance(module, ConvBNAct)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, 3, *input_size, device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    kept = [name for name in points if name in relu_blocks or name in rearranged]
+    return kept, rearranged, sorted({*first, order[0], order[-1]})
 
 
 def _quantize_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
@@ -84,7 +114,7 @@ def attach_quantizers(model: nn.Module, config: QuantizeConfig, points: Iterable
     float_layers = set(float_layers)
     for name, module in model.named_modules():
         if isinstance(module, ConvBNAct):
-            if not isinstance(module.bn, nn.Identity):
+            if not isinstance(module.bn, nn.Identity) and config.scheme != "low-bit":
                 raise ValueError("fold the BatchNorms (edgeseg fold-bn) before quantizing: the quantized weights "
                                  "must be the ones an integer engine runs")
             if name not in float_layers:
@@ -97,6 +127,8 @@ def attach_quantizers(model: nn.Module, config: QuantizeConfig, points: Iterable
         if name not in modules:
             raise ValueError(f"quantization point '{name}' is not a module of this model")
         modules[name].output_quantizer = ActivationQuantizer(config)
+        if config.scheme == "low-bit":  # a fixed range: nothing to calibrate
+            modules[name].output_quantizer.enabled.fill_(1)
         modules[name].register_forward_hook(_quantize_output)
     for name, source in (follow or {}).items():
         owner = model if source == INPUT else modules.get(source)

@@ -78,6 +78,7 @@ class ActivationQuantizer(nn.Module):
         super().__init__()
         self.scheme, self.bits = config.scheme, config.activation_bits
         self.momentum, self.freeze = config.ema_momentum, config.freeze_ranges
+        self.max_range = config.activation_max
         self.stochastic = config.stochastic_rounding and config.scheme == "power-of-two"
         self.calibrating = False
         self.register_buffer("min_val", torch.zeros(()))
@@ -94,6 +95,9 @@ class ActivationQuantizer(nn.Module):
     def grid(self) -> Grid:
         if self._source is not None:
             return self._source.grid()
+        if self.scheme == "low-bit":
+            levels = 2 ** self.bits - 1
+            return Grid(self.max_range / levels, 0, 0, levels)
         low, high = float(self.min_val), float(self.max_val)
         if self.scheme == "power-of-two":
             return power_of_two_grid(max(-low, high), self.bits, low < 0, unsigned_storage=True)
@@ -119,6 +123,10 @@ class ActivationQuantizer(nn.Module):
         grid = self.grid()
         scale = torch.tensor(grid.scale, dtype=torch.float32, device=x.device)
         zero_point = torch.tensor(grid.zero_point, dtype=torch.int32, device=x.device)
+        if self.scheme == "low-bit":
+            if torch.onnx.is_in_onnx_export():  # the clip to 2^bits - 1 is inserted on the integers (onnx_graph)
+                return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+            return torch.fake_quantize_per_tensor_affine(x.clamp(0.0, self.max_range), scale, zero_point, 0, 255)
         return _fake_quantize(x, scale, zero_point, grid.qmin, grid.qmax, self.stochastic and self.training)
 
     def extra_repr(self) -> str:
@@ -137,8 +145,10 @@ class WeightQuantizer(nn.Module):
         self.export_scales: torch.Tensor | None = None
 
     def scales(self, weight: torch.Tensor) -> torch.Tensor:
-        """One scale per output channel (the same value repeated for power-of-two)."""
+        """One scale per output channel (the same value repeated for power-of-two and low-bit)."""
         w = weight.detach().float()
+        if self.scheme == "low-bit":
+            return w.abs().mean().expand(w.shape[0]).clone()
         if self.scheme == "float":
             return w.abs().flatten(1).amax(dim=1).clamp_min(SMALLEST_RANGE) / self.qmax
         fraction_length = self.fraction_length(weight)
@@ -155,6 +165,8 @@ class WeightQuantizer(nn.Module):
         """The quantized weight, remembering its scales for export (where the weight is
         stored as int8 levels with exactly these scales)."""
         self.export_scales = self.scales(weight).to(weight.dtype)
+        if self.scheme == "low-bit":
+            return binary_weight(weight)
         return torch.fake_quantize_per_channel_affine(
             weight, self.export_scales, torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device),
             0, -self.qmax, self.qmax)
@@ -165,6 +177,8 @@ class WeightQuantizer(nn.Module):
             if self.export_scales is None:
                 raise RuntimeError("bake() the weights before exporting a quantized model")
             return torch.fake_quantize_per_channel_affine(weight, self.export_scales, zero_points, 0, -128, 127)
+        if self.scheme == "low-bit":
+            return weight + (binary_weight(weight) - weight).detach()
         scales = self.scales(weight).to(weight.dtype)
         if self.stochastic and self.training:
             levels = weight / scales.view(-1, 1, 1, 1)
@@ -175,3 +189,8 @@ class WeightQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme}, bits={self.bits}, qmax={self.qmax}"
+
+
+def binary_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Blueoil's binary mean scaling: sign(W) x mean|W| over the whole tensor (zeros stay zero)."""
+    return torch.sign(weight) * weight.abs().mean()

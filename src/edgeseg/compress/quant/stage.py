@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from edgeseg.compress.bn_fold import fold_batchnorm
 from edgeseg.compress.quant import QuantizeConfig, quantization_spec
-from edgeseg.compress.quant.graph import attach_quantizers, bake_weights, calibrate, quantization_points
+from edgeseg.compress.quant.graph import (attach_quantizers, bake_weights, calibrate, low_bit_layout,
+                                          quantization_points)
 from edgeseg.compress.quant.snapshot import quantization_snapshot, snapshot_text
 from edgeseg.errors import ModelError
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
@@ -42,15 +43,20 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
     if loaded.config.quantization is not None:
         raise ModelError(f"{source}: this model is already quantized")
     model, stride = loaded.model, loaded.config.output_stride
-    folded = None if loaded.config.batchnorm_folded else fold_batchnorm(model).folded_into_conv
+    low_bit = config.scheme == "low-bit"
+    folded = None if loaded.config.batchnorm_folded or low_bit else fold_batchnorm(model).folded_into_conv
     zero_masks = {name: conv.weight == 0 for name, conv in trainable_convs(model)}
     size = tuple(pad_to_stride(torch.zeros(1, *loaded.config.input_size), stride).shape[-2:])
-    points, follow, first_layers = quantization_points(model, size)
-    float_layers = [] if config.quantize_first_layer else first_layers
+    if low_bit:
+        points, follow, float_layers = low_bit_layout(model, size)
+    else:
+        points, follow, first_layers = quantization_points(model, size)
+        float_layers = [] if config.quantize_first_layer else first_layers
     attach_quantizers(model, config, points, follow, float_layers)
     images = [pad_to_stride(image, stride)[None] for image in calibration_images[:config.calibration_batches]]
     seen = calibrate(model, images)
-    bake_weights(model)
+    if not low_bit:  # binary weights keep their float latents for fine-tuning; export binarizes them
+        bake_weights(model)
     revived = sum(int((conv.weight[zero_masks[name]] != 0).sum()) for name, conv in trainable_convs(model))
     snapshot = quantization_snapshot(model, images[0])
     metrics = {"stage": "quantize", "scheme": config.scheme, "weight_bits": config.weight_bits,
@@ -63,7 +69,7 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
                "zeros_revived": revived,
                "shift_violations": sum(row["shift_ok"] is False for row in snapshot["convs"])}
     model_config = loaded.config.model_copy(update={
-        "batchnorm_folded": True, "quantization": quantization_spec(config, points, follow, float_layers),
+        "batchnorm_folded": loaded.config.batchnorm_folded or not low_bit, "quantization": quantization_spec(config, points, follow, float_layers),
         "history": [*loaded.config.history, metrics]})
     save_model_dir(model, model_config, out, extra_files={
         SNAPSHOT_TEXT: snapshot_text(snapshot), SNAPSHOT_JSON: json.dumps(snapshot, indent=1) + "\n"})
