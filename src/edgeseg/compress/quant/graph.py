@@ -27,6 +27,23 @@ OUTPUT_KINDS = (ConvBNAct, Add, Concat, *GRID_KEEPING, AdaptiveAvgPool, FixedBil
 INPUT = "input"
 
 
+@torch.no_grad()
+def probe(model: nn.Module, handles: list, example: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    """Run ``model`` once in eval mode on ``example`` (a (1, 3, H, W) tensor, or an (H, W)
+    size for zeros) with the hook ``handles`` registered for this run, then remove them and
+    restore the model's mode. Returns the output."""
+    if not isinstance(example, torch.Tensor):
+        example = torch.zeros(1, 3, *example, device=next(model.parameters()).device)
+    was_training = model.training
+    try:
+        model.eval()
+        return model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def _inside_block(name: str, blocks: list[str]) -> bool:
     return any(name.startswith(block + ".") for block in blocks)
 
@@ -43,15 +60,8 @@ def quantization_points(model: nn.Module, input_size: tuple[int, int]) -> tuple[
     ran: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     handles = [module.register_forward_hook(lambda m, i, o, name=name: ran.append((name, i[0] if i else None, o)))
                for name, module in candidates.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        image = torch.zeros(1, 3, *input_size, device=next(model.parameters()).device)
-        output = model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    image = torch.zeros(1, 3, *input_size, device=next(model.parameters()).device)
+    output = probe(model, handles, image)
     producer = {id(image): INPUT}
     calls = {name: sum(entry[0] == name for entry in ran) for name in candidates}
     points, follow = [], {}
@@ -84,14 +94,7 @@ def low_bit_layout(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[
     order: list[str] = []
     handles = [module.register_forward_hook(lambda m, i, o, name=name: order.append(name))
                for name, module in modules.items() if isinstance(module, ConvBNAct)]
-    was_training = model.training
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, *input_size, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe(model, handles, input_size)
     kept = [name for name in points if name in relu_blocks or name in rearranged]
     return kept, rearranged, sorted({*first, order[0], order[-1]})
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from edgeseg.compress.bn_fold import fold_batchnorm
 from edgeseg.compress.quant.config import QuantizeConfig
+from edgeseg.compress.quant.graph import probe
 from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer, binary_weight
 from edgeseg.models.blocks import ConvBNAct
 
@@ -65,12 +66,5 @@ def _input_scales(model: nn.Module, blocks: list[ConvBNAct], input_size) -> dict
                if isinstance(module, ActivationQuantizer)]
     handles += [block.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, made.get(id(args[0]))))
                 for block in blocks]
-    was_training = model.training
-    try:
-        model.eval()
-        model(torch.zeros(1, 3, *input_size, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe(model, handles, input_size)
     return seen

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from edgeseg.compress.quant.graph import activation_quantizers
+from edgeseg.compress.quant.graph import activation_quantizers, probe
 from edgeseg.compress.quant.quantizers import ActivationQuantizer
 from edgeseg.models.blocks import ConvBNAct
 
@@ -58,14 +58,7 @@ def quantization_snapshot(model: nn.Module, example: torch.Tensor) -> dict:
     handles = [q.register_forward_hook(record_output) for q in quantizers.values()]
     handles += [block.register_forward_pre_hook(lambda m, args, name=name: conv_inputs.__setitem__(
         name, produced.get(id(args[0])))) for name, block in blocks.items()]
-    was_training = model.training
-    try:
-        model.eval()
-        model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    probe(model, handles, example)
 
     tensors = {name: _tensor_row(name, q) for name, q in quantizers.items()}
     convs = []
