@@ -188,3 +188,17 @@ def test_quantize_cli_low_bit_then_export_int8(tmp_path):
                    "--size", "240", "--size", "320", "--data", "synthetic:8", "--min-agreement", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert "pixel agreement" in proc.stdout and (tmp_path / "q.onnx").is_file()
+
+
+def test_low_bit_refuses_a_model_with_folded_batchnorms(tmp_path):
+    from edgeseg.compress.bn_fold import fold_model_dir
+    from edgeseg.compress.quant.stage import quantize_model_dir
+    from edgeseg.data.spec import open_source
+    from edgeseg.errors import ModelError
+    from edgeseg.models import model_config_for, save_model_dir
+
+    model = create_model("lmsegnet_v1", 11, width=0.25)
+    save_model_dir(model, model_config_for(model, open_source("synthetic:8").classes, (32, 48)), tmp_path / "f")
+    fold_model_dir(tmp_path / "f", tmp_path / "folded")
+    with pytest.raises(ModelError, match="BatchNorms are folded"):
+        quantize_model_dir(tmp_path / "folded", tmp_path / "q", LOW_BIT, [torch.zeros(3, 32, 48)])

@@ -192,3 +192,19 @@ def test_two_process_gloo_ddp_run(tmp_path):
     import json
 
     assert json.loads((tmp_path / "e.json").read_text())["miou"] == pytest.approx(float(best_row["val_miou"]), abs=1e-5)
+
+
+def test_cpu_amp_runs_the_forward_in_bfloat16_and_trains(tmp_path):
+    from edgeseg.train.loop import training_autocast
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    on = load_train_config(None, ["cpu_amp=true"])
+    with training_autocast(on, cuda=False)():
+        assert conv(x).dtype == torch.bfloat16
+    with training_autocast(load_train_config(None, []), cuda=False)():
+        assert conv(x).dtype == torch.float32
+    result = train(load_train_config(None, TINY + ["epochs=1", "cpu_amp=true", f"runs_dir={tmp_path}"]),
+                   log=lambda _: None)
+    rows = read_metrics_csv(result.run_dir / "metrics.csv")
+    assert math.isfinite(float(rows[0]["train_loss"])) and load_model_dir(result.run_dir / "best").model is not None

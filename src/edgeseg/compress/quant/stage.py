@@ -44,6 +44,9 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
         raise ModelError(f"{source}: this model is already quantized")
     model, stride = loaded.model, loaded.config.output_stride
     low_bit = config.scheme == "low-bit"
+    if low_bit and loaded.config.batchnorm_folded:
+        raise ModelError(f"{source}: its BatchNorms are folded; the low-bit scheme binarizes the weights before "
+                         f"the BatchNorm (one scale per tensor), so quantize the model from before fold-bn")
     folded = None if loaded.config.batchnorm_folded or low_bit else fold_batchnorm(model).folded_into_conv
     zero_masks = {name: conv.weight == 0 for name, conv in trainable_convs(model)}
     size = tuple(pad_to_stride(torch.zeros(1, *loaded.config.input_size), stride).shape[-2:])
