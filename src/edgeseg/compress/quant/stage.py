@@ -72,7 +72,8 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
                "zeros_revived": revived,
                "shift_violations": sum(row["shift_ok"] is False for row in snapshot["convs"])}
     model_config = loaded.config.model_copy(update={
-        "batchnorm_folded": loaded.config.batchnorm_folded or not low_bit, "quantization": quantization_spec(config, points, follow, float_layers),
+        "batchnorm_folded": loaded.config.batchnorm_folded or not low_bit,
+        "quantization": quantization_spec(config, points, follow, float_layers),
         "history": [*loaded.config.history, metrics]})
     save_model_dir(model, model_config, out, extra_files={
         SNAPSHOT_TEXT: snapshot_text(snapshot), SNAPSHOT_JSON: json.dumps(snapshot, indent=1) + "\n"})
