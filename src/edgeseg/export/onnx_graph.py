@@ -93,24 +93,23 @@ def clip_activation_levels(model: onnx.ModelProto, qmax: int) -> int:
     and its consumers, so the integer engine stores the 2^bits levels the model was trained
     on (QuantizeLinear itself saturates only at 255). Returns how many were clipped."""
     constants = _constants(model)
-    new_nodes, count = [], 0
+    activations = [node for node in model.graph.node
+                   if node.op_type == "QuantizeLinear" and node.input[0] not in constants]
+    clipped = {node.output[0]: f"{node.output[0]}_clipped" for node in activations}
+    for node in model.graph.node:
+        node.input[:] = [clipped.get(name, name) for name in node.input]
+    low, high = "low_bit_clip_min", "low_bit_clip_max"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(0, np.uint8), low),
+                                    numpy_helper.from_array(np.array(qmax, np.uint8), high)])
+    new_nodes = []
     for node in model.graph.node:
         new_nodes.append(node)
-        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
-            continue
-        quantized, clipped = node.output[0], f"{node.output[0]}_clipped"
-        low, high = f"{quantized}_min", f"{quantized}_max"
-        model.graph.initializer.extend([numpy_helper.from_array(np.array(0, np.uint8), low),
-                                        numpy_helper.from_array(np.array(qmax, np.uint8), high)])
-        for consumer in model.graph.node:
-            for index, name in enumerate(consumer.input):
-                if name == quantized:
-                    consumer.input[index] = clipped
-        new_nodes.append(onnx.helper.make_node("Clip", [quantized, low, high], [clipped], name=f"{quantized}_Clip"))
-        count += 1
+        if node.output and node.output[0] in clipped:
+            name = node.output[0]
+            new_nodes.append(onnx.helper.make_node("Clip", [name, low, high], [clipped[name]], name=f"{name}_Clip"))
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
-    return count
+    return len(clipped)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
