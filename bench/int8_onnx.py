@@ -4,7 +4,7 @@ and ONNX Runtime and against ONNX Runtime's own quantize_static (default setting
 a user would try first. mIoU on the full val split in ONNX Runtime with all graph
 optimisations; latency of every ONNX file timed side by side (interleaved) in one run.
 
-    python bench/int8_onnx.py MODEL_DIR --data camvid:../shared/data/camvid [--qat QAT_MODEL_DIR]
+    python bench/int8_onnx.py MODEL_DIR --data camvid:../shared/data/camvid [--qat QAT_MODEL_DIR ...]
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a float model directory")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--qat", type=Path, help="a quantization-aware trained model directory to add")
+    parser.add_argument("--qat", type=Path, nargs="+", default=[],
+                        help="quantization-aware trained model directories to add (named by their folder)")
     parser.add_argument("--size", type=int, nargs=2, default=None, help="export size (default: the val image size)")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--calibration", type=int, default=20)
@@ -78,12 +79,12 @@ def main() -> None:
     for name, config in variants.items():
         quantized[name] = work / name.replace(" ", "-")
         quantize_model_dir(args.model, quantized[name], config, calibration)
-    if args.qat:
-        quantized["QAT"] = args.qat
+    for qat_dir in args.qat:
+        quantized[f"QAT {qat_dir.name}"] = qat_dir
     for name, model_dir in quantized.items():
         rows[f"{name} (PyTorch fake-quant)"] = evaluate(load_predictor(model_dir, torch.device("cpu")), val,
                                                         num_workers=0)["miou"]
-        files[f"{name} int8 ONNX"] = work / f"{model_dir.name}.onnx"
+        files[f"{name} int8 ONNX"] = work / f"{name.replace(' ', '-')}.onnx"
         try:
             export_onnx(model_dir, files[f"{name} int8 ONNX"], True, size, check)
         except Exception as err:  # a failed export check is a result here

@@ -22,6 +22,7 @@ from edgeseg.export.onnx import _to_onnx
 from edgeseg.export.onnx_graph import clip_activation_levels, fold_weight_quantization, quantize_conv_biases
 from edgeseg.models import create_model, load_model_dir
 from edgeseg.models.profile import profile_model
+from edgeseg.schema import validate
 from edgeseg.train.config import load_train_config
 from edgeseg.train.loop import train
 
@@ -41,6 +42,8 @@ def test_low_bit_config_defaults_and_errors():
         QuantizeConfig(scheme="low-bit", weight_bits=8)
     with pytest.raises(ValueError, match="low-bit scheme"):
         QuantizeConfig(scheme="float", weight_bits=1)
+    with pytest.raises(ConfigError, match=r"^quantize options: the low-bit scheme has 1-bit weights \(weight_bits: 1\)$"):
+        validate(QuantizeConfig, {"scheme": "low-bit", "weight_bits": 8}, "quantize options")
 
 
 def test_binary_weights_are_sign_times_mean_abs_with_identity_gradient():

@@ -5,14 +5,17 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_batchnorm
 
 from edgeseg.compress.quant import QuantizeConfig, activation_quantizers
+from edgeseg.compress.quant.bias_correction import correct_biases, input_channel_means
 from edgeseg.compress.quant.graph import quantization_points
 from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer, affine_grid, power_of_two_grid
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import real_check_images
 from edgeseg.data.spec import open_source
+from edgeseg.models.blocks import ConvBNAct
 from edgeseg.models import create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.profile import profile_model, trainable_convs
 
@@ -135,6 +138,47 @@ def test_quantized_model_dir_rebuilds_exactly_and_keeps_zeros(tmp_path, scheme):
     if scheme == "power-of-two":
         assert all(row["shift_ok"] is not None for row in convs.values() if row["output"])
     assert "shift ok" in (tmp_path / "q" / "snapshot_log.txt").read_text()
+
+
+def test_bias_correction_restores_each_channels_mean_output():
+    torch.manual_seed(0)
+    block = ConvBNAct(8, 6, 3, groups=2, bn=False, act="none")
+    model = torch.nn.Sequential(block)
+    channel_means = torch.linspace(0.2, 3.0, 8).view(1, 8, 1, 1)  # positive, as after a ReLU; distinct per channel
+    images = [torch.rand(1, 8, 48, 48) + channel_means for _ in range(4)]
+    x = torch.cat(images)
+    means = input_channel_means(model, images)
+    assert torch.allclose(means["0"], x.double().mean(dim=(0, 2, 3)))
+    float_weight, float_bias = block.conv.weight.detach().clone(), block.conv.bias.detach().clone()
+    block.weight_quantizer = WeightQuantizer(QuantizeConfig(scheme="power-of-two", weight_bits=4))
+    with torch.no_grad():
+        block.conv.weight.copy_(block.weight_quantizer.bake(block.conv.weight))
+
+    def interior_mean(weight, bias):  # away from the zero-padded border
+        return F.conv2d(x, weight, bias, padding=1, groups=2)[..., 1:-1, 1:-1].mean(dim=(0, 2, 3))
+
+    target = interior_mean(float_weight, float_bias)
+    shift_before = (interior_mean(block.conv.weight, block.conv.bias) - target).abs()
+    assert correct_biases(model, {"0": float_weight}, means) == 1
+    shift_after = (interior_mean(block.conv.weight, block.conv.bias) - target).abs()
+    assert shift_before.min() > 1e-2 and torch.all(shift_after < 0.05 * shift_before)
+
+
+def test_post_training_quantization_corrects_biases_unless_told_not_to(tmp_path):
+    source = float_model_dir(tmp_path / "float")
+    images = real_check_images(source, SPEC, "train", 2)
+    results = {}
+    for correct in (True, False):
+        config = QuantizeConfig(scheme="power-of-two", calibration_batches=2, bias_correction=correct)
+        metrics = quantize_model_dir(source, tmp_path / str(correct), config, images)
+        results[correct] = metrics, dict(load_model_dir(tmp_path / str(correct)).model.named_parameters())
+    (with_metrics, corrected), (without_metrics, plain) = results[True], results[False]
+    convs = len(list(trainable_convs(load_model_dir(source).model)))
+    assert with_metrics["biases_corrected"] == convs and without_metrics["biases_corrected"] == 0
+    weights = [name for name in plain if name.endswith("conv.weight")]
+    biases = [name for name in plain if name.endswith("conv.bias")]
+    assert weights and all(torch.equal(corrected[name], plain[name]) for name in weights)
+    assert sum(not torch.equal(corrected[name], plain[name]) for name in biases) == convs
 
 
 def test_float_first_layer_keeps_the_image_and_first_conv_in_float(tmp_path):

@@ -289,6 +289,8 @@ def quantize_command(
     track_ranges: bool = typer.Option(False, "--track-ranges", help="keep tracking activation ranges while fine-tuning"),
     float_first_layer: bool = typer.Option(False, "--float-first-layer", help="keep the first conv(s) and the input "
                                                                               "in float (Blueoil)"),
+    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
+                                         help="biases absorb the mean output shift of the weight rounding"),
 ) -> None:
     """Quantize MODEL: fold BNs, calibrate activation ranges (post-training quantization) and
     optionally fine-tune with quantization simulated; writes snapshot_log.txt per layer."""
@@ -299,7 +301,8 @@ def quantize_command(
 
     options = dict(scheme=scheme, weight_bits=weight_bits, activation_bits=activation_bits, target=target,
                    calibration_batches=calibration, stochastic_rounding=stochastic, freeze_ranges=not track_ranges,
-                   activation_max=activation_max, quantize_first_layer=False if float_first_layer else None)
+                   activation_max=activation_max, quantize_first_layer=False if float_first_layer else None,
+                   bias_correction=bias_correction)
     quant = validate(QuantizeConfig, {k: v for k, v in options.items() if v is not None}, "quantize options")
     data = data or read_model_config(model).trained_on()
     if data is None:

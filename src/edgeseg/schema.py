@@ -49,6 +49,8 @@ def format_validation_error(err: ValidationError, model_cls: type[BaseModel], so
         message = f"{source}: unknown key '{key}'{hint}"
     elif first["type"] == "missing":
         message = f"{source}: missing required key '{key}'"
+    elif not loc:  # a check across keys: its message names them
+        message = f"{source}: {first['msg'].removeprefix('Value error, ')}"
     else:
         message = f"{source}: bad value for '{key}': {first['msg']}"
     more = len(errors) - 1

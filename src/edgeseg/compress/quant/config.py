@@ -36,6 +36,9 @@ class QuantizeConfig(StrictModel):
                               "(caffe-jacinto's quantization_start_iter)")
     ema_momentum: float = Field(0.9, gt=0, lt=1, description="range tracking: new = m x old + (1 - m) x batch")
     freeze_ranges: bool = Field(True, description="keep the calibrated activation ranges fixed during fine-tuning")
+    bias_correction: bool = Field(
+        True, description="post-training: each conv's bias absorbs the mean output shift its weight rounding "
+                          "causes, measured on the calibration images (not for low-bit)")
     stochastic_rounding: bool = Field(False, description="power-of-two scheme: round stochastically while training")
     activation_max: float = Field(
         2.0, gt=0, description="low-bit: activations are clipped to [0, activation_max] (Blueoil's "

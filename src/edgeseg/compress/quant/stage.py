@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 from edgeseg.compress.bn_fold import fold_batchnorm
 from edgeseg.compress.quant import QuantizeConfig, quantization_spec
+from edgeseg.compress.quant.bias_correction import correct_biases, input_channel_means
 from edgeseg.compress.quant.graph import (attach_quantizers, bake_weights, calibrate, low_bit_layout,
                                           quantization_points)
 from edgeseg.compress.quant.snapshot import quantization_snapshot, snapshot_text
 from edgeseg.errors import ModelError
+from edgeseg.models.blocks import ConvBNAct
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
 from edgeseg.models.profile import trainable_convs
 
@@ -36,8 +38,9 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
     BatchNorms are folded first when they are not yet (exact, see bn_fold); activation
     ranges are calibrated on ``calibration_images`` (normalised CHW tensors, at most
     ``config.calibration_batches`` of them); weights are stored quantized, so every weight
-    that was zero is still zero. ``out`` gets snapshot_log.txt/.json (per-tensor grids and
-    the per-conv shift check). Returns the stage metrics.
+    that was zero is still zero, and (``bias_correction``) each conv's bias absorbs the mean
+    shift of its output that the weight rounding causes. ``out`` gets snapshot_log.txt/.json
+    (per-tensor grids and the per-conv shift check). Returns the stage metrics.
     """
     loaded = load_model_dir(source)
     if loaded.config.quantization is not None:
@@ -55,17 +58,22 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
     else:
         points, follow, first_layers = quantization_points(model, size)
         float_layers = [] if config.quantize_first_layer else first_layers
-    attach_quantizers(model, config, points, follow, float_layers)
     images = [pad_to_stride(image, stride)[None] for image in calibration_images[:config.calibration_batches]]
+    correct = config.bias_correction and not low_bit
+    input_means = input_channel_means(model, images) if correct else {}
+    float_weights = {name: block.conv.weight.detach().clone() for name, block in model.named_modules()
+                     if correct and isinstance(block, ConvBNAct)}
+    attach_quantizers(model, config, points, follow, float_layers)
     seen = calibrate(model, images)
     if not low_bit:  # binary weights keep their float latents for fine-tuning; export binarizes them
         bake_weights(model)
+    biases_corrected = correct_biases(model, float_weights, input_means) if correct else 0
     revived = sum(int((conv.weight[zero_masks[name]] != 0).sum()) for name, conv in trainable_convs(model))
     snapshot = quantization_snapshot(model, images[0])
     metrics = {"stage": "quantize", "scheme": config.scheme, "weight_bits": config.weight_bits,
                "activation_bits": config.activation_bits, "target": config.target,
                "calibration_images": seen, "quantized_tensors": len(points) + (0 if float_layers else 1),
-               "float_layers": float_layers,
+               "float_layers": float_layers, "biases_corrected": biases_corrected,
                "batchnorms_folded_here": folded,
                "zeros_before": sum(int(mask.sum()) for mask in zero_masks.values()),
                "zeros_after": sum(int((conv.weight == 0).sum()) for _, conv in trainable_convs(model)),
