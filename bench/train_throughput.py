@@ -3,10 +3,12 @@ transforms, DataLoader settings and batch, interleaved in one run (engine, bare,
 
 The engine's rate is its own per-epoch figure from metrics.csv (the training loop with lr
 schedule, AMP/TensorBoard hooks, loss bookkeeping and progress); the per-epoch checkpoint
-write, outside that loop, is timed separately and reported.
+write, outside that loop, is timed separately and reported. The bare loop applies the same
+config: class-weighted loss, bfloat16 autocast (``cpu_amp``) and channels-last where the
+config asks for them.
 
-    python bench/train_throughput.py [--data camvid:../shared/data/camvid] [--model swiftnet]
-        [--model-args "{width: 0.25, decoder: 32}"] [--epochs 2] [--rounds 3]
+    python bench/train_throughput.py [--config configs/camvid-cpu.yaml] [--data camvid:../shared/data/camvid]
+        [--model swiftnet] [--model-args "{width: 0.25, decoder: 32}"] [--epochs 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from edgeseg.data.transforms import TrainTransform
 from edgeseg.models import create_model
 from edgeseg.train.checkpoint import save_training_state
 from edgeseg.train.config import load_train_config
-from edgeseg.train.loop import build_optimizer, read_metrics_csv, train
+from edgeseg.train.loop import build_optimizer, loss_weights, read_metrics_csv, train, training_autocast
 
 
 def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
     """One epoch of the plainest loop; returns images per second."""
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                         num_workers=config.data.num_workers)
+    autocast = training_autocast(config, cuda=False)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.train()
     start, seen = time.perf_counter(), 0
     for images, labels in loader:
-        loss = criterion(model(images), labels)
+        with autocast():
+            loss = criterion(model(images.contiguous(memory_format=memory_format)), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -46,6 +51,8 @@ def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a training config to take everything from (the options below are "
+                                             "then ignored, except --epochs and --rounds)")
     parser.add_argument("--data", default="camvid:../shared/data/camvid")
     parser.add_argument("--model", default="swiftnet")
     parser.add_argument("--model-args", default="{width: 0.25, decoder: 32}", help="YAML mapping")
@@ -55,20 +62,24 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
-    overrides = [f"data.spec={args.data}", f"model.name={args.model}", f"model.args={args.model_args}",
-                 "augment.crop=[256,320]", "augment.scale={min: 0.75, max: 1.5}", f"batch_size={args.batch_size}",
-                 f"epochs={args.epochs}", f"eval_every={args.epochs}", "data.num_workers=1", f"runs_dir={runs}"]
-    config = load_train_config(None, overrides)
+    overrides = [f"epochs={args.epochs}", f"eval_every={args.epochs}", f"runs_dir={runs}"]
+    if args.config is None:
+        overrides += [f"data.spec={args.data}", f"model.name={args.model}", f"model.args={args.model_args}",
+                      "augment.crop=[256,320]", "augment.scale={min: 0.75, max: 1.5}",
+                      f"batch_size={args.batch_size}", "data.num_workers=1"]
+    config = load_train_config(args.config, overrides)
     source = open_source(config.data.spec)
-    dataset = source.dataset("train", cache=True, transform=TrainTransform(config.augment)).preload()
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    dataset = source.dataset("train", cache=True,
+                             transform=TrainTransform(config.augment, config.data.mean, config.data.std)).preload()
+    criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(config, dataset, "cpu"), ignore_index=255)
 
     engine_rates, bare_rates, checkpoint_seconds = [], [], []
     for round_index in range(args.rounds):
-        result = train(load_train_config(None, overrides + [f"name=r{round_index}"]), log=lambda _: None)
+        result = train(load_train_config(args.config, overrides + [f"name=r{round_index}"]), log=lambda _: None)
         engine_rates += [float(r["train_images_per_s"]) for r in read_metrics_csv(result.run_dir / "metrics.csv")]
         torch.manual_seed(round_index)
         model = create_model(config.model.name, source.classes.num_classes, **config.model.args)
+        model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
         optimizer = build_optimizer(config, model)
         bare_rates += [bare_epoch(config, dataset, model, optimizer, criterion) for _ in range(args.epochs)]
         start = time.perf_counter()
@@ -77,8 +88,10 @@ def main() -> None:
 
     engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"model {args.model} {args.model_args}, {args.data} train ({len(dataset)} images), 256x320 crops, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads; median of {len(engine_rates)} epochs each")
+    print(f"model {config.model.name} {config.model.args}, {config.data.spec} train ({len(dataset)} images), "
+          f"{config.augment.crop} crops, batch {config.batch_size}, bfloat16 autocast {config.cpu_amp}, "
+          f"channels_last {bool(config.channels_last)}, {torch.get_num_threads()} threads; "
+          f"median of {len(engine_rates)} epochs each")
     print(f"{'loop':<10} {'images/s':>10}")
     print(f"{'bare':<10} {bare:>10.2f}")
     print(f"{'engine':<10} {engine:>10.2f}")

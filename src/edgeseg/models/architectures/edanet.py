@@ -53,7 +53,7 @@ class EDANet(SegmentationModel):
         self.down3 = PoolConcatDownsample(wide1, c3)
         self.stage2, wide2 = dense_stage(c3, growth, [2, 2, 4, 4, 8, 8, 16, 16], dropout)
         self.classifier = ConvBNAct(wide2, num_classes, 1, bn=False, act="none")
-        self.upsample = Upsample(8)
+        self.upsample = Upsample(8, logits=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage1(self.down2(self.down1(x)))

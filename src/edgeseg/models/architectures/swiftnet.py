@@ -83,7 +83,7 @@ class SwiftNet(SegmentationModel):
         self.up8 = LadderStep(c[1], decoder)
         self.up4 = LadderStep(c[0], decoder)
         self.classifier = ConvBNAct(decoder, num_classes, 1, bn=False, act="none")
-        self.upsample = Upsample(4)
+        self.upsample = Upsample(4, logits=True)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         s4 = self.stage1(self.stem(x))
