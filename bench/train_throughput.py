@@ -28,7 +28,8 @@ from edgeseg.data.transforms import TrainTransform
 from edgeseg.models import create_model
 from edgeseg.train.checkpoint import save_training_state
 from edgeseg.train.config import load_train_config
-from edgeseg.train.loop import build_optimizer, loss_weights, read_metrics_csv, train, training_autocast
+from edgeseg.train.loop import (build_optimizer, loss_weights, read_metrics_csv, train, training_autocast,
+                                training_memory_format)
 
 
 def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
@@ -36,7 +37,7 @@ def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
                         num_workers=config.data.num_workers)
     autocast = training_autocast(config, cuda=False)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    memory_format = training_memory_format(config, cuda=False)
     model.train()
     start, seen = time.perf_counter(), 0
     for images, labels in loader:
@@ -79,7 +80,7 @@ def main() -> None:
         engine_rates += [float(r["train_images_per_s"]) for r in read_metrics_csv(result.run_dir / "metrics.csv")]
         torch.manual_seed(round_index)
         model = create_model(config.model.name, source.classes.num_classes, **config.model.args)
-        model.to(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+        model.to(memory_format=training_memory_format(config, cuda=False))
         optimizer = build_optimizer(config, model)
         bare_rates += [bare_epoch(config, dataset, model, optimizer, criterion) for _ in range(args.epochs)]
         start = time.perf_counter()
@@ -90,7 +91,8 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"model {config.model.name} {config.model.args}, {config.data.spec} train ({len(dataset)} images), "
           f"{config.augment.crop} crops, batch {config.batch_size}, bfloat16 autocast {config.cpu_amp}, "
-          f"channels_last {bool(config.channels_last)}, {torch.get_num_threads()} threads; "
+          f"channels-last {training_memory_format(config, cuda=False) == torch.channels_last}, "
+          f"{torch.get_num_threads()} threads; "
           f"median of {len(engine_rates)} epochs each")
     print(f"{'loop':<10} {'images/s':>10}")
     print(f"{'bare':<10} {bare:>10.2f}")

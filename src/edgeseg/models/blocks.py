@@ -88,7 +88,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
         align = False if self.mode in ("bilinear", "bicubic") else None
-        if self.logits and (x.dtype != torch.float32 or not x.is_contiguous()):
+        if self.logits and (x.dtype != torch.float32 or not x.is_contiguous()):  # float32 graphs trace unchanged
             x = x.float().contiguous()
         if like is not None:
             return F.interpolate(x, size=like.shape[-2:], mode=self.mode, align_corners=align)

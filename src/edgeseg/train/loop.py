@@ -143,6 +143,12 @@ def training_autocast(config: TrainConfig, cuda: bool):
     return contextlib.nullcontext
 
 
+def training_memory_format(config: TrainConfig, cuda: bool) -> torch.memory_format:
+    """Channels-last where ``channels_last`` asks for it; unset, on CUDA only."""
+    channels_last = cuda if config.channels_last is None else config.channels_last
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
@@ -194,8 +200,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         loaded, skipped = load_pretrained(model, config.model.pretrained)
         log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
     model.to(device)
-    channels_last = cuda if config.channels_last is None else config.channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = training_memory_format(config, cuda)
     model.to(memory_format=memory_format)
     optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
