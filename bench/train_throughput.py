@@ -28,6 +28,7 @@ from edgeseg.data.transforms import TrainTransform
 from edgeseg.models import create_model
 from edgeseg.train.checkpoint import save_training_state
 from edgeseg.train.config import load_train_config
+from edgeseg.train.losses import pixel_loss
 from edgeseg.train.loop import (build_optimizer, loss_weights, read_metrics_csv, train, training_autocast,
                                 training_memory_format)
 
@@ -72,7 +73,8 @@ def main() -> None:
     source = open_source(config.data.spec)
     dataset = source.dataset("train", cache=True,
                              transform=TrainTransform(config.augment, config.data.mean, config.data.std)).preload()
-    criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(config, dataset, "cpu"), ignore_index=255)
+    criterion = pixel_loss(loss_weights(config, dataset, "cpu"), source.classes.ignore_index,
+                           config.loss.ohem_threshold, config.loss.ohem_min_kept)
 
     engine_rates, bare_rates, checkpoint_seconds = [], [], []
     for round_index in range(args.rounds):

@@ -53,6 +53,9 @@ class ScheduleSection(StrictModel):
 class LossSection(StrictModel):
     class_weights: Literal["none", "median_frequency", "enet"] = "none"
     class_weight_power: float = Field(1.0, ge=0, description="weights ** power; 0.5 softens them")
+    ohem_threshold: float | None = Field(
+        None, gt=0, le=1, description="train on hard pixels only: true-class probability below this (OHEM; 0.7 is usual)")
+    ohem_min_kept: float = Field(1 / 16, gt=0, le=1, description="OHEM: at least this fraction of labelled pixels")
 
 
 class DataSection(StrictModel):

@@ -32,6 +32,7 @@ from edgeseg.runtime import track
 from edgeseg.train import distributed
 from edgeseg.train.checkpoint import load_training_state, save_training_state
 from edgeseg.train.config import TrainConfig
+from edgeseg.train.losses import pixel_loss
 from edgeseg.train.pretrained import load_pretrained
 from edgeseg.train.schedules import lr_factor
 from edgeseg.train.tblog import TensorBoardLog
@@ -204,8 +205,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     model.to(memory_format=memory_format)
     optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
-    criterion = torch.nn.CrossEntropyLoss(weight=loss_weights(config, train_set, device),
-                                          ignore_index=classes.ignore_index)
+    criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
+                           config.loss.ohem_threshold, config.loss.ohem_min_kept)
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
     if process.distributed:  # every rank must agree on rank 0's choice of folder
