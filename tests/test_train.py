@@ -69,14 +69,15 @@ def test_checkpoint_round_trip_continues_bit_exactly(name, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("options", [[], ["weight_average=0.9"]], ids=["plain", "weight-average"])
+def test_killed_run_resumes_to_the_same_result(options, tmp_path):
     """A real process is killed once its first checkpoint exists, then resumed."""
     import signal
     import subprocess
     import sys
     import time
 
-    args = [*TINY, "epochs=4", f"runs_dir={tmp_path}"]
+    args = [*TINY, *options, "epochs=4", f"runs_dir={tmp_path}"]
     run_cli("train", *args, "name=full", check=True)  # same process settings as the killed run
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "train", *args, "name=killed"],
@@ -208,3 +209,37 @@ def test_cpu_amp_runs_the_forward_in_bfloat16_and_trains(tmp_path):
                    log=lambda _: None)
     rows = read_metrics_csv(result.run_dir / "metrics.csv")
     assert math.isfinite(float(rows[0]["train_loss"])) and load_model_dir(result.run_dir / "best").model is not None
+
+
+def test_weight_average_follows_its_formula():
+    from edgeseg.train.weight_average import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    average = WeightAverage(model, decay=0.5)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for updates in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 2, 5, 5))  # moves the BatchNorm statistics and its batch counter
+        decay = min(0.5, (1 + updates) / (10 + updates))
+        for k, v in model.state_dict().items():
+            expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
+        average.update(model, updates)
+    for k, v in average.model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7)
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+
+def test_weight_average_is_what_the_engine_evaluates_and_saves(tmp_path):
+    from safetensors.torch import load_file
+
+    result = train(load_train_config(None, TINY + ["epochs=2", "eval_every=9", "weight_average=0.9",
+                                                   f"runs_dir={tmp_path}"]), log=lambda _: None)
+    last = result.run_dir / "last"
+    average, raw = load_file(str(last / "average.safetensors")), load_file(str(last / "model.safetensors"))
+    best = load_model_dir(result.run_dir / "best").model.state_dict()  # evaluated once, at the end
+    assert all(torch.equal(best[k], average[k]) for k in best)
+    assert not all(torch.equal(raw[k], average[k]) for k in raw)
+    with pytest.raises(ConfigError, match="weight_average"):
+        load_train_config(None, ["weight_average=0.99", "sparsity.sparsity_target=0.5"])

@@ -1,8 +1,8 @@
 """Resumable training state without pickles: tensors in safetensors, the rest in JSON.
 
-``last/`` holds ``model.safetensors``, ``optimizer.safetensors`` (every tensor of the
-optimizer state, keyed ``<param index>.<name>``) and ``state.json`` (epoch, step, best mIoU,
-optimizer hyper-parameters and scalar state). Random state needs no file: the loop reseeds
+``last/`` holds ``model.safetensors``, ``average.safetensors`` (with a weight average),
+``optimizer.safetensors`` (every tensor of the optimizer state, keyed ``<param index>.<name>``)
+and ``state.json`` (epoch, step, best mIoU, optimizer hyper-parameters and scalar state). Random state needs no file: the loop reseeds
 from (seed, epoch, rank) at every epoch. The folder is replaced atomically.
 """
 
@@ -39,25 +39,36 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     optimizer.load_state_dict({"state": state, "param_groups": data["param_groups"]})
 
 
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        progress: dict) -> Path:
-    """Write ``last/`` atomically; ``progress`` is JSON-able (epoch, step, best_miou, ...)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                        progress: dict, average: torch.nn.Module | None = None) -> Path:
+    """Write ``last/`` atomically; ``progress`` is JSON-able (epoch, step, best_miou, ...);
+    ``average`` (the weight average's model) goes to ``average.safetensors``."""
+    weights = _weights(model)
+    averaged = _weights(average) if average is not None else None
     opt_tensors, opt_data = optimizer_to_files(optimizer)
 
     def build(tmp: Path) -> None:
         save_file(weights, str(tmp / "model.safetensors"))
+        if averaged is not None:
+            save_file(averaged, str(tmp / "average.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"progress": progress, "optimizer": opt_data}, indent=1))
 
     return atomic_replace_dir(build, path)
 
 
-def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer from ``last/``; returns the saved progress."""
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        average: torch.nn.Module | None = None) -> dict:
+    """Restore model, optimizer (and the weight average) from ``last/``; returns the saved progress."""
     try:
         data = json.loads((path / "state.json").read_text())
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        if average is not None:
+            average.load_state_dict(load_file(str(path / "average.safetensors")), strict=True)
         device = next(model.parameters()).device
         opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
                        for k, v in load_file(str(path / "optimizer.safetensors")).items()}

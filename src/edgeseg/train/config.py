@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgeseg.compress.quant.config import QuantizeConfig
 from edgeseg.compress.sparsity import SparsityConfig
@@ -87,6 +87,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
     clip_grad_norm: float | None = Field(None, gt=0)
+    weight_average: float | None = Field(
+        None, gt=0, lt=1, description="evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)")
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -97,6 +99,13 @@ class TrainConfig(StrictModel):
         None, description="channels-last memory format; unset: on with CUDA, off on the CPU (where it helps some models)")
     tensorboard: bool = True
     log_every: int = Field(20, ge=1, description="steps between TensorBoard loss/lr points")
+
+    @model_validator(mode="after")
+    def _average_keeps_the_weights_constraints(self):
+        if self.weight_average is not None and (self.sparsity.active or self.quantize is not None):
+            raise ValueError("weight_average: an average of the weights would not keep the sparsity or "
+                             "quantization they are trained under; leave it unset with those")
+        return self
 
 
 def parse_value(raw: str, item: str):

@@ -36,6 +36,7 @@ from edgeseg.train.losses import pixel_loss
 from edgeseg.train.pretrained import load_pretrained
 from edgeseg.train.schedules import lr_factor
 from edgeseg.train.tblog import TensorBoardLog
+from edgeseg.train.weight_average import WeightAverage
 
 CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_acc", "epoch_seconds", "train_images_per_s"]
 
@@ -170,7 +171,8 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
 
     Guarantees: the run directory holds config.yaml (the resolved config), metrics.csv (one
     row per epoch), tb/ (TensorBoard), last/ (resumable state, replaced atomically each
-    epoch) and best/ (a model directory, the epoch with the best val mIoU). Randomness is
+    epoch) and best/ (a model directory, the epoch with the best val mIoU; with
+    ``weight_average`` the average is what is evaluated and saved). Randomness is
     reseeded every epoch from (seed, epoch, rank), so a resumed run continues exactly.
     Under torchrun every process trains on its shard; rank 0 alone writes.
     """
@@ -212,8 +214,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     if process.distributed:  # every rank must agree on rank 0's choice of folder
         run_dir = Path(distributed.broadcast_text(process, str(run_dir)))
     start_epoch, step, best, rows = 0, 0, -1.0, []
+    average = WeightAverage(model, config.weight_average) if config.weight_average else None
+    evaluated = average.model if average else model
     if resume_dir is not None:
-        progress = load_training_state(run_dir / "last", model, optimizer)
+        progress = load_training_state(run_dir / "last", model, optimizer, evaluated if average else None)
         start_epoch, step, best = progress["epoch"], progress["step"], progress["best_miou"]
         scaler.load_state_dict(progress.get("grad_scaler") or scaler.state_dict())
         rows = read_metrics_csv(run_dir / "metrics.csv")[:start_epoch]
@@ -231,7 +235,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     loader_generator = torch.Generator()
     shard = len(train_set) // process.world_size
     steps_per_epoch = max(1, shard // config.batch_size)
-    predictor = TorchPredictor(model, model_config, device)
+    predictor = TorchPredictor(evaluated, model_config, device)
     autocast = training_autocast(config, cuda)
     last_metrics = None
     for epoch in range(start_epoch, config.epochs):
@@ -262,6 +266,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             scaler.update()
             if sparsity:
                 sparsity.after_step(step + 1, lr, lr_mults)
+            if average:
+                average.update(model, step)
             loss_value = float(loss.detach())
             total_loss += loss_value * images.shape[0]
             seen += images.shape[0]
@@ -275,13 +281,15 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                     + ", ".join(f"{k} {100 * v:.1f}" for k, v in per_layer.items()) + ")")
         seconds = time.perf_counter() - started
         flush_subnormals_(model)  # dead channels drift there; they cost 3x on a CPU
+        if average:
+            flush_subnormals_(evaluated)
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
                "train_images_per_s": f"{seen / seconds:.2f}"}
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            distributed.share_buffers(process, model)
-            model.eval()
+            distributed.share_buffers(process, evaluated)
+            evaluated.eval()
             last_metrics = evaluate(predictor, val_set, num_workers=0,
                                     shard=(process.rank, process.world_size))
             row.update(val_miou=f"{last_metrics['miou']:.5f}", val_pixel_acc=f"{last_metrics['pixel_acc']:.5f}")
@@ -290,12 +298,13 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                 tb.overlays(step, predictor, val_set)
                 if last_metrics["miou"] > best:
                     best = last_metrics["miou"]
-                    save_model_dir(model, model_config, run_dir / "best")
+                    save_model_dir(evaluated, model_config, run_dir / "best")
         rows.append(row)
         if process.is_main:
             write_metrics_csv(run_dir / "metrics.csv", rows)
             save_training_state(run_dir / "last", model, optimizer, {
-                "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()})
+                "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()},
+                average=evaluated if average else None)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
             f"val mIoU {row['val_miou'] or '-'}  ({seconds:.1f} s, {row['train_images_per_s']} img/s)")
     tb.close()
