@@ -225,7 +225,7 @@ def test_weight_average_follows_its_formula():
         decay = min(0.5, (1 + updates) / (10 + updates))
         for k, v in model.state_dict().items():
             expected[k] = decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v.clone()
-        average.update(model, updates)
+        average.update(updates)
     for k, v in average.model.state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7)
     assert not any(p.requires_grad for p in average.model.parameters())

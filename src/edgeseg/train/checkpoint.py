@@ -2,8 +2,9 @@
 
 ``last/`` holds ``model.safetensors``, ``average.safetensors`` (with a weight average),
 ``optimizer.safetensors`` (every tensor of the optimizer state, keyed ``<param index>.<name>``)
-and ``state.json`` (epoch, step, best mIoU, optimizer hyper-parameters and scalar state). Random state needs no file: the loop reseeds
-from (seed, epoch, rank) at every epoch. The folder is replaced atomically.
+and ``state.json`` (epoch, step, best mIoU, optimizer hyper-parameters and scalar state).
+Random state needs no file: the loop reseeds from (seed, epoch, rank) at every epoch. The
+folder is replaced atomically.
 """
 
 from __future__ import annotations

@@ -215,9 +215,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         run_dir = Path(distributed.broadcast_text(process, str(run_dir)))
     start_epoch, step, best, rows = 0, 0, -1.0, []
     average = WeightAverage(model, config.weight_average) if config.weight_average else None
-    evaluated = average.model if average else model
+    average_model = average.model if average else None
+    evaluated = model if average_model is None else average_model
     if resume_dir is not None:
-        progress = load_training_state(run_dir / "last", model, optimizer, evaluated if average else None)
+        progress = load_training_state(run_dir / "last", model, optimizer, average_model)
         start_epoch, step, best = progress["epoch"], progress["step"], progress["best_miou"]
         scaler.load_state_dict(progress.get("grad_scaler") or scaler.state_dict())
         rows = read_metrics_csv(run_dir / "metrics.csv")[:start_epoch]
@@ -267,7 +268,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             if sparsity:
                 sparsity.after_step(step + 1, lr, lr_mults)
             if average:
-                average.update(model, step)
+                average.update(step)
             loss_value = float(loss.detach())
             total_loss += loss_value * images.shape[0]
             seen += images.shape[0]
@@ -281,8 +282,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                     + ", ".join(f"{k} {100 * v:.1f}" for k, v in per_layer.items()) + ")")
         seconds = time.perf_counter() - started
         flush_subnormals_(model)  # dead channels drift there; they cost 3x on a CPU
-        if average:
-            flush_subnormals_(evaluated)
+        if average_model is not None:
+            flush_subnormals_(average_model)
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
@@ -304,7 +305,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             write_metrics_csv(run_dir / "metrics.csv", rows)
             save_training_state(run_dir / "last", model, optimizer, {
                 "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()},
-                average=evaluated if average else None)
+                average=average_model)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
             f"val mIoU {row['val_miou'] or '-'}  ({seconds:.1f} s, {row['train_images_per_s']} img/s)")
     tb.close()
