@@ -211,6 +211,20 @@ def test_cpu_amp_runs_the_forward_in_bfloat16_and_trains(tmp_path):
     assert math.isfinite(float(rows[0]["train_loss"])) and load_model_dir(result.run_dir / "best").model is not None
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_auto_follows_the_cpus_bfloat16_support(monkeypatch, native):
+    import edgeseg.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: native)
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with loop.training_autocast(load_train_config(None, ["cpu_amp=auto"]), cuda=False)():
+        assert conv(x).dtype == (torch.bfloat16 if native else torch.float32)
+    with loop.training_autocast(load_train_config(None, ["cpu_amp=true"]), cuda=False)():
+        assert conv(x).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="cpu_amp"):
+        load_train_config(None, ["cpu_amp=sometimes"])
+
+
 def test_weight_average_follows_its_formula():
     from edgeseg.train.weight_average import WeightAverage
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgeseg.compress.quant.config import QuantizeConfig
 from edgeseg.compress.sparsity import SparsityConfig
@@ -93,12 +93,20 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     device: str = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA: float16 autocast with loss scaling")
-    cpu_amp: bool = Field(
-        False, description="bfloat16 autocast on the CPU (fast where the CPU has AMX or AVX-512 BF16; weights stay float32)")
+    cpu_amp: bool | Literal["auto"] = Field(
+        False, description="bfloat16 autocast on the CPU (fast where the CPU has AMX or AVX-512 BF16, emulated and "
+                           "about 10x slower elsewhere; auto: on only where the CPU has them; weights stay float32)")
     channels_last: bool | None = Field(
         None, description="channels-last memory format; unset: on with CUDA, off on the CPU (where it helps some models)")
     tensorboard: bool = True
     log_every: int = Field(20, ge=1, description="steps between TensorBoard loss/lr points")
+
+    @field_validator("cpu_amp", mode="before")
+    @classmethod
+    def _cpu_amp_choice(cls, value):
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f"use true, false or auto (got {value!r})")
 
     @model_validator(mode="after")
     def _average_keeps_the_weights_constraints(self):

@@ -28,7 +28,7 @@ from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.model_dir import flush_subnormals_
-from edgeseg.runtime import track
+from edgeseg.runtime import cpu_has_native_bfloat16, track
 from edgeseg.train import distributed
 from edgeseg.train.checkpoint import load_training_state, save_training_state
 from edgeseg.train.config import TrainConfig
@@ -140,9 +140,14 @@ def training_autocast(config: TrainConfig, cuda: bool):
     autocast on the CPU (``cpu_amp``), or none."""
     if cuda and config.amp:
         return lambda: torch.autocast("cuda", dtype=torch.float16)
-    if not cuda and config.cpu_amp:
+    if not cuda and cpu_bfloat16(config):
         return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def cpu_bfloat16(config: TrainConfig) -> bool:
+    """Whether ``cpu_amp`` turns bfloat16 autocast on: as set, or with 'auto', where the CPU has it natively."""
+    return cpu_has_native_bfloat16() if config.cpu_amp == "auto" else config.cpu_amp
 
 
 def training_memory_format(config: TrainConfig, cuda: bool) -> torch.memory_format:
@@ -238,6 +243,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     steps_per_epoch = max(1, shard // config.batch_size)
     predictor = TorchPredictor(evaluated, model_config, device)
     autocast = training_autocast(config, cuda)
+    if not cuda and config.cpu_amp is True and not cpu_has_native_bfloat16() and process.is_main:
+        log("cpu_amp: this CPU has neither AVX-512 BF16 nor AMX, so bfloat16 is emulated and training runs "
+            "several times slower than float32; set cpu_amp=auto or cpu_amp=false")
     last_metrics = None
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + process.rank)
