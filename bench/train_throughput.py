@@ -29,8 +29,8 @@ from edgeseg.models import create_model
 from edgeseg.train.checkpoint import save_training_state
 from edgeseg.train.config import load_train_config
 from edgeseg.train.losses import pixel_loss
-from edgeseg.train.loop import (build_optimizer, cpu_bfloat16, loss_weights, read_metrics_csv, train, training_autocast,
-                                training_memory_format)
+from edgeseg.train.loop import (build_optimizer, cpu_bfloat16, loss_weights, read_metrics_csv, train,
+                                training_autocast, training_memory_format)
 
 
 def bare_epoch(config, dataset, model, optimizer, criterion) -> float:
@@ -92,7 +92,8 @@ def main() -> None:
     engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
     print(f"command: python {' '.join(sys.argv)}")
     print(f"model {config.model.name} {config.model.args}, {config.data.spec} train ({len(dataset)} images), "
-          f"{config.augment.crop} crops, batch {config.batch_size}, bfloat16 autocast {cpu_bfloat16(config)} (cpu_amp: {config.cpu_amp}), "
+          f"{config.augment.crop} crops, batch {config.batch_size}, "
+          f"bfloat16 autocast {cpu_bfloat16(config)} (cpu_amp: {config.cpu_amp}), "
           f"channels-last {training_memory_format(config, cuda=False) == torch.channels_last}, "
           f"{torch.get_num_threads()} threads; "
           f"median of {len(engine_rates)} epochs each")
