@@ -113,6 +113,33 @@ def test_train_command_end_to_end(tmp_path):
     assert not math.isnan(float(read_metrics_csv(run_dir / "metrics.csv")[-1]["val_miou"]))
 
 
+def test_the_engine_trains_each_phase_at_its_own_crop(tmp_path):
+    from edgeseg.models.blocks import SegmentationModel
+
+    seen = []
+    record = lambda module, args: seen.append(tuple(args[0].shape[-2:])) if isinstance(module, SegmentationModel) \
+        and module.training else None
+    config = load_train_config(None, TINY + ["epochs=3", "eval_every=3", f"runs_dir={tmp_path}", "tensorboard=false",
+                                             "augment.phases=[{epochs: 1, crop: [32, 48]}, {epochs: 1, crop: [40, 48]}]"])
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        train(config, log=lambda _: None)
+    finally:
+        handle.remove()
+    assert seen == [(32, 48)] * 2 + [(40, 48)] * 2 + [(64, 96)] * 2  # 8 images, batch 4
+
+
+def test_phase_mistakes_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="augment.phases: they last 3 epochs, but training has only 3"):
+        load_train_config(None, TINY + ["epochs=3", "augment.phases=[{epochs: 3, crop: [32, 48]}]"])
+    config = load_train_config(None, TINY + ["epochs=2", f"runs_dir={tmp_path}",
+                                             "augment.phases=[{epochs: 1, crop: [30, 48]}]"])
+    with pytest.raises(ConfigError, match=r"augment.phases\[0\].crop: 30x48 is not a multiple of the model's "
+                                          r"output stride 8"):
+        train(config, log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_tensorboard_events_and_inline_dataset_mapping(tmp_path):
     config = load_train_config(None, TINY + ["epochs=1", f"runs_dir={tmp_path}", "log_every=1",
                                              "data.spec={format: synthetic, num_images: 8, height: 64, width: 96}"])

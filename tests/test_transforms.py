@@ -86,3 +86,26 @@ def test_photometric_ops_match_torchvision(name):
     for factor in (0.6, 1.4):
         reference = getattr(TF, f"adjust_{name}")(image, factor).float()
         assert (adjust(image.float(), name, factor) - reference).abs().max() <= 1.5  # torchvision rounds to uint8
+
+
+def test_phases_set_scale_and_crop_by_epoch_then_hand_over():
+    from edgeseg.data.transforms import PhaseConfig
+
+    image, label = coded_pair(h=32, w=48)
+    half = ScaleConfig(min=0.5, max=0.5)
+    cfg = AugmentConfig(crop=(16, 24), hflip=0.0, phases=[
+        PhaseConfig(epochs=2, scale=half, crop=(8, 12)), PhaseConfig(epochs=1, crop=(4, 4))])
+    transform = TrainTransform(cfg, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
+    halved = torch.nn.functional.interpolate(torch.from_numpy(label)[None, None].float(), size=(16, 24),
+                                             mode="nearest-exact")[0, 0].long()
+    windows = {tuple(halved[t:t + 8, l:l + 12].flatten().tolist()) for t in range(9) for l in range(13)}
+    for epoch, crop in [(0, (8, 12)), (1, (8, 12)), (2, (4, 4)), (3, (16, 24)), (50, (16, 24))]:
+        transform.set_epoch(epoch)
+        out_image, out_label = transform(image, label)
+        assert out_label.shape == crop and out_image.shape[1:] == crop
+        if epoch < 2:  # a window of the half-scale label (the image is blurred by the resize)
+            assert tuple(out_label.flatten().tolist()) in windows
+        else:
+            assert torch.equal(out_image[0].round().long(), out_label * 40)
+    assert cfg.geometry(2) == (None, (4, 4)) and cfg.geometry(3) == (cfg.scale, (16, 24))
+

@@ -37,6 +37,14 @@ class JitterConfig(StrictModel):
     hue: float = Field(0.0, ge=0.0, le=0.5)
 
 
+class PhaseConfig(StrictModel):
+    """A stretch of early epochs with their own scale range and crop size."""
+
+    epochs: int = Field(..., ge=1, description="epochs this phase lasts")
+    scale: ScaleConfig | None = Field(None, description="scale range in this phase; unset: no rescaling")
+    crop: tuple[int, int] | None = Field(None, description="crop (height, width) in this phase; unset: none")
+
+
 class AugmentConfig(StrictModel):
     """Training-time augmentation; evaluation only normalises."""
 
@@ -44,6 +52,18 @@ class AugmentConfig(StrictModel):
     crop: tuple[int, int] | None = Field(None, description="(height, width) of random crops")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="chance of a horizontal flip")
     color_jitter: JitterConfig | None = None
+    phases: list[PhaseConfig] = Field(
+        default_factory=list, description="progressive resizing: the first epochs in these phases, in order (e.g. "
+                                          "half-scale images and half-size crops, 2.5-4x cheaper steps), then the "
+                                          "scale and crop above")
+
+    def geometry(self, epoch: int) -> tuple[ScaleConfig | None, tuple[int, int] | None]:
+        """The (scale, crop) that training uses in ``epoch`` (counted from 0)."""
+        for phase in self.phases:
+            if epoch < phase.epochs:
+                return phase.scale, phase.crop
+            epoch -= phase.epochs
+        return self.scale, self.crop
 
 
 class Normalize:
@@ -93,18 +113,23 @@ class TrainTransform:
     def __init__(self, config: AugmentConfig, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         self.config = config
         self.normalize = Normalize(mean, std)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the scale and crop of ``epoch``'s phase (DataLoader workers made after this see it)."""
+        self.scale, self.crop = self.config.geometry(epoch)
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * torch.rand(()).item()
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config
+        cfg, scale = self.config, self.scale
         image, label = to_tensors(image, label)
-        if cfg.scale is not None and torch.rand(()).item() < cfg.scale.prob:
-            factor = math.exp(self._uniform(math.log(cfg.scale.min), math.log(cfg.scale.max)))
+        if scale is not None and torch.rand(()).item() < scale.prob:
+            factor = math.exp(self._uniform(math.log(scale.min), math.log(scale.max)))
             image, label = random_scale(image, label, factor)
-        if cfg.crop is not None:
-            ch, cw = cfg.crop
+        if self.crop is not None:
+            ch, cw = self.crop
             image, label = pad_to(image, label, ch, cw)
             h, w = label.shape
             top = int(torch.randint(0, h - ch + 1, ()).item())

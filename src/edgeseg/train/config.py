@@ -109,6 +109,14 @@ class TrainConfig(StrictModel):
         raise ValueError(f"use true, false or auto (got {value!r})")
 
     @model_validator(mode="after")
+    def _phases_end_before_training_does(self):
+        phase_epochs = sum(phase.epochs for phase in self.augment.phases)
+        if phase_epochs >= self.epochs:
+            raise ValueError(f"augment.phases: they last {phase_epochs} epochs, but training has only "
+                             f"{self.epochs}; the last epochs must use augment.scale and augment.crop")
+        return self
+
+    @model_validator(mode="after")
     def _average_keeps_the_weights_constraints(self):
         if self.weight_average is not None and (self.sparsity.active or self.quantize is not None):
             raise ValueError("weight_average: an average of the weights would not keep the sparsity or "

@@ -104,6 +104,15 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     return attach_training_quantizers(config, loaded.model.train(), model_config), model_config
 
 
+def check_crops(config: TrainConfig, stride: int) -> None:
+    """Every crop size training will use is a multiple of the model's output stride."""
+    crops = [("augment.crop", config.augment.crop)]
+    crops += [(f"augment.phases[{i}].crop", phase.crop) for i, phase in enumerate(config.augment.phases)]
+    for key, crop in crops:
+        if crop is not None and (crop[0] % stride or crop[1] % stride):
+            raise ConfigError(f"{key}: {crop[0]}x{crop[1]} is not a multiple of the model's output stride {stride}")
+
+
 def attach_training_quantizers(config: TrainConfig, model: torch.nn.Module, model_config: ModelConfig):
     """With a ``quantize`` section, the low-bit scheme's quantizers on ``model`` (in place),
     recorded in ``model_config`` so every checkpoint rebuilds them."""
@@ -198,12 +207,13 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     seed_everything(config.seed)
     source = open_source(config.data.spec)
     classes = source.classes
-    train_set = source.dataset(config.data.train_split, cache=config.data.cache,
-                               transform=TrainTransform(config.augment, config.data.mean, config.data.std))
+    transform = TrainTransform(config.augment, config.data.mean, config.data.std)
+    train_set = source.dataset(config.data.train_split, cache=config.data.cache, transform=transform)
     val_set = source.dataset(config.data.val_split, cache=config.data.cache)
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
     model, model_config = build_model(config, classes, val_set)
+    check_crops(config, model_config.output_stride)
     if config.model.pretrained and resume_dir is None:
         loaded, skipped = load_pretrained(model, config.model.pretrained)
         log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
@@ -250,6 +260,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + process.rank)
         loader_generator.manual_seed(config.seed * 1000 + epoch)
+        transform.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
