@@ -109,3 +109,21 @@ def test_phases_set_scale_and_crop_by_epoch_then_hand_over():
             assert torch.equal(out_image[0].round().long(), out_label * 40)
     assert cfg.geometry(2) == (None, (4, 4)) and cfg.geometry(3) == (cfg.scale, (16, 24))
 
+
+def test_scale_and_pad_compute_what_torchvision_computes():
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from edgeseg.data.transforms import pad_to, random_scale, to_tensors
+
+    rng = np.random.default_rng(4)
+    image, label = to_tensors(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+                              rng.integers(0, 12, (37, 53), dtype=np.uint8))
+    for factor in (0.4, 0.77, 1.0, 1.5):
+        scaled, scaled_label = random_scale(image, label, factor)
+        size = [max(1, round(37 * factor)), max(1, round(53 * factor))]
+        assert torch.equal(scaled, TF.resize(image, size, InterpolationMode.BILINEAR, antialias=True))
+        assert torch.equal(scaled_label, TF.resize(label[None], size, InterpolationMode.NEAREST_EXACT)[0])
+    padded, padded_label = pad_to(image, label, 40, 60, fill=7)
+    assert torch.equal(padded, TF.pad(image, [0, 0, 7, 3], fill=7))
+    assert torch.equal(padded_label, TF.pad(label[None], [0, 0, 7, 3], fill=255)[0])

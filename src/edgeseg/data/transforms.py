@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
+import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torchvision.transforms import InterpolationMode
 
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.schema import StrictModel
@@ -86,10 +85,14 @@ def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torc
 
 
 def random_scale(image, label, factor: float):
+    """Resize a (3, H, W) uint8 image (antialiased bilinear, as torchvision's resize) and its
+    (H, W) label (nearest) by ``factor``. Plain torch: torchvision costs seconds to import."""
     h, w = label.shape[-2:]
     size = [max(1, round(h * factor)), max(1, round(w * factor))]
-    image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    label = F.resize(label[None], size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
+    if size == [h, w]:
+        return image, label
+    image = F.interpolate(image[None], size, mode="bilinear", align_corners=False, antialias=True)[0]
+    label = F.interpolate(label[None, None], size, mode="nearest-exact")[0, 0]
     return image, label
 
 
@@ -98,8 +101,8 @@ def pad_to(image, label, height: int, width: int, fill: int = 0):
     h, w = label.shape[-2:]
     ph, pw = max(0, height - h), max(0, width - w)
     if ph or pw:
-        image = F.pad(image, [0, 0, pw, ph], fill=fill)
-        label = F.pad(label[None], [0, 0, pw, ph], fill=IGNORE_INDEX)[0]
+        image = F.pad(image, [0, pw, 0, ph], value=fill)
+        label = F.pad(label, [0, pw, 0, ph], value=IGNORE_INDEX)
     return image, label
 
 
@@ -153,7 +156,9 @@ class TrainTransform:
         for index in torch.randperm(len(names)).tolist():
             name = names[index]
             if name == "hue":
-                x = F.adjust_hue(x / 255.0, hue) * 255.0
+                from torchvision.transforms.v2.functional import adjust_hue  # seconds to import: only when used
+
+                x = adjust_hue(x / 255.0, hue) * 255.0
             else:
                 x = adjust(x, name, factors[name])
         return x
