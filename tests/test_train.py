@@ -1,6 +1,7 @@
 """Training engine: schedules, config overrides, pickle-free checkpoints, resume, CLI."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +141,16 @@ def test_phase_mistakes_are_config_errors(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid_for_their_models(path):
+    from edgeseg.models import create_model
+    from edgeseg.train.loop import check_crops
+
+    config = load_train_config(path)
+    check_crops(config, create_model(config.model.name, 11, **config.model.args).output_stride)
+
+
 def test_tensorboard_events_and_inline_dataset_mapping(tmp_path):
     config = load_train_config(None, TINY + ["epochs=1", f"runs_dir={tmp_path}", "log_every=1",
                                              "data.spec={format: synthetic, num_images: 8, height: 64, width: 96}"])
@@ -168,8 +179,6 @@ def test_pretrained_weights_from_a_local_model_dir(tmp_path):
 
 
 def test_defaults_file_is_the_schema(tmp_path):
-    from pathlib import Path
-
     from edgeseg.train.config import TrainConfig, defaults_yaml
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
