@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from edgeseg.benchmark import measure_side_by_side
-from edgeseg.compress.quant import QuantizeConfig
+from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import real_check_images
 from edgeseg.data.spec import open_dataset

@@ -78,10 +78,10 @@ def test_fold_bn_command_on_real_images(tmp_path):
     model = trained_looking("swiftnet")
     save_model_dir(model, model_config_for(model, CAMVID, (352, 480)), tmp_path / "dense")
     result = run_cli("fold-bn", str(tmp_path / "dense"), "--out", str(tmp_path / "folded"),
-                     "--data", "camvid:../shared/data/camvid", "--images", "2", check=True)
+                     "--data", "camvid:../shared/data/camvid", "--check-images", "2", check=True)
     assert "max |logit difference|" in result.stdout
     folded = load_model_dir(tmp_path / "folded")
-    history = folded.config.history[-1]
+    history = folded.config.history[-1].model_dump()
     assert history["stage"] == "fold-bn" and history["check_images"] == 2
     assert history["max_abs_diff"] < 1e-4 and history["zeros_after"] >= history["zeros_before"] > 0
     again = run_cli("fold-bn", str(tmp_path / "folded"), "--out", str(tmp_path / "twice"))

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_cli, write_image
 from test_quantize import SPEC, float_model_dir
 
-from edgeseg.compress.quant import QuantizeConfig
+from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.export import onnx as onnx_export
@@ -117,8 +117,8 @@ def test_cli_quantize_export_eval_bench_and_predict_the_onnx_file(tmp_path):
     source = float_model_dir(tmp_path / "float")
     run_cli("quantize", str(source), "--out", str(tmp_path / "q"), "--data", SPEC, "--scheme", "power-of-two",
             "--calibration-batches", "2", check=True)
-    proc = run_cli("export", str(tmp_path / "q"), "--format", "onnx-int8", "--data", SPEC, "--size", "240",
-                   "--size", "320", "--images", "2", check=True)
+    proc = run_cli("export", str(tmp_path / "q"), "--format", "onnx-int8", "--data", SPEC, "--size", "240", "320",
+                   "--check-images", "2", check=True)
     assert "pixel agreement" in proc.stdout and (tmp_path / "q.onnx").is_file()
     proc = run_cli("eval", str(tmp_path / "q.onnx"), "--data", SPEC, "--json", str(tmp_path / "eval.json"), check=True)
     assert "mIoU" in proc.stdout

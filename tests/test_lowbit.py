@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from conftest import randomize_batchnorm, run_cli
 
-from edgeseg.compress.quant import QuantizeConfig, attach_quantizers
+from edgeseg.models.quant_spec import QuantizeConfig
+from edgeseg.models.quantized import attach_quantizers
 from edgeseg.compress.quant.graph import bake_weights, low_bit_layout
 from edgeseg.compress.quant.lowbit import fold_low_bit
-from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer
+from edgeseg.models.quantizers import ActivationQuantizer, WeightQuantizer
 from edgeseg.errors import ConfigError
 from edgeseg.export.onnx import _to_onnx
 from edgeseg.export.onnx_graph import clip_activation_levels, fold_weight_quantization, quantize_conv_biases
@@ -119,7 +120,7 @@ def test_low_bit_training_from_scratch_saves_a_model_that_matches_a_hand_written
         "tensorboard=false", f"runs_dir={tmp_path}"])
     result = train(config, log=lambda _: None)
     loaded = load_model_dir(result.run_dir / "best")
-    assert loaded.config.quantization["spec"]["scheme"] == "low-bit" and not loaded.config.batchnorm_folded
+    assert loaded.config.quantization.spec.scheme == "low-bit" and not loaded.config.batchnorm_folded
     torch.manual_seed(1)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -183,12 +184,12 @@ def test_quantize_cli_low_bit_then_export_int8(tmp_path):
             "--calibration-batches", "2", check=True)
     loaded = load_model_dir(tmp_path / "q")
     spec = loaded.config.quantization
-    assert spec["spec"]["weight_bits"] == 1 and spec["spec"]["activation_bits"] == 2
+    assert spec.spec.weight_bits == 1 and spec.spec.activation_bits == 2
     snapshot = json.loads((tmp_path / "q" / "snapshot_log.json").read_text())
     assert {(row["bits"], round(row["scale"], 6), row["zero_point"]) for row in snapshot["tensors"]} == {(2, 0.666667, 0)}
     assert {row["weight_bits"] for row in snapshot["convs"]} == {1}
     proc = run_cli("export", str(tmp_path / "q"), "--format", "onnx-int8", "--out", str(tmp_path / "q.onnx"),
-                   "--size", "240", "--size", "320", "--data", "synthetic:8", "--min-agreement", "0.5")
+                   "--size", "240", "320", "--data", "synthetic:8", "--min-agreement", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert "pixel agreement" in proc.stdout and (tmp_path / "q.onnx").is_file()
 

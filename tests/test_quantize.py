@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from conftest import randomize_batchnorm
 
-from edgeseg.compress.quant import QuantizeConfig, activation_quantizers
+from edgeseg.compress.quant.graph import activation_quantizers
+from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.quant.bias_correction import correct_biases, input_channel_means
 from edgeseg.compress.quant.graph import quantization_points
-from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer, affine_grid, power_of_two_grid
+from edgeseg.models.quantizers import ActivationQuantizer, WeightQuantizer, affine_grid, power_of_two_grid
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import real_check_images
 from edgeseg.data.spec import open_source
@@ -120,7 +121,7 @@ def test_quantized_model_dir_rebuilds_exactly_and_keeps_zeros(tmp_path, scheme):
     assert metrics["zeros_revived"] == 0 and metrics["zeros_after"] >= metrics["zeros_before"] > 0
     assert metrics["batchnorms_folded_here"] > 0 and metrics["calibration_images"] == 4
     loaded = load_model_dir(tmp_path / "q")
-    assert loaded.config.batchnorm_folded and loaded.config.quantization["spec"]["scheme"] == scheme
+    assert loaded.config.batchnorm_folded and loaded.config.quantization.spec.scheme == scheme
     profile = profile_model(loaded.model, (64, 96))  # sees every conv through the quantized path
     assert sum(layer.zeros for layer in profile.layers) == metrics["zeros_after"]
     quantizers = dict(activation_quantizers(loaded.model))
@@ -186,7 +187,7 @@ def test_float_first_layer_keeps_the_image_and_first_conv_in_float(tmp_path):
     images = real_check_images(source, SPEC, "train", 2)
     quantize_model_dir(source, tmp_path / "q", QuantizeConfig(quantize_first_layer=False, calibration_batches=2), images)
     loaded = load_model_dir(tmp_path / "q")
-    assert loaded.config.quantization["float_layers"] == ["stem.0"]
+    assert loaded.config.quantization.float_layers == ["stem.0"]
     assert loaded.model.stem[0].weight_quantizer is None and loaded.model.stem[1].weight_quantizer is not None
     assert "input" not in dict(activation_quantizers(loaded.model))
 
@@ -203,13 +204,16 @@ def test_quantizing_twice_or_unfoldable_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_quantization_aware_finetuning_trains_the_quantized_model_with_frozen_zeros(tmp_path):
-    from edgeseg.pipeline.quantize import run_quantize
+    from edgeseg.pipeline.specs import QuantizeStage
+    from edgeseg.pipeline.stages import StageContext, run_stage
 
     source = float_model_dir(tmp_path / "float")
     finetune = {"epochs": 1, "batch_size": 2, "augment": {"crop": [64, 96]}, "data": {"num_workers": 0},
                 "tensorboard": False}
     quant = QuantizeConfig(scheme="power-of-two", stochastic_rounding=True, calibration_batches=2)
-    details = run_quantize(source, tmp_path / "qat", quant, SPEC, finetune, tmp_path / "work", log=lambda _: None)
+    spec = QuantizeStage(quantization=quant, train=finetune)
+    context = StageContext(work_dir=tmp_path / "work", data=SPEC, log=lambda _: None)
+    details = run_stage(spec, source, tmp_path / "qat", context).metrics
     assert details["finetune_epochs"] == 1 and 0 <= details["best_val_miou"] <= 1
     ptq = load_model_dir(tmp_path / "work" / "ptq").model
     qat = load_model_dir(tmp_path / "qat")

@@ -88,8 +88,8 @@ def test_threshold_command_prints_the_table_and_records_history(tmp_path):
                      "--fraction-mid", "0.7", "--value-maxratio", "1", "--value-max", "10", check=True)
     assert "stage4.1.conv2.conv" in result.stdout and "mid" in result.stdout
     loaded = load_model_dir(tmp_path / "sparse")
-    assert loaded.config.history[-1]["stage"] == "threshold"
-    assert loaded.config.history[-1]["per_channel"] is True
-    assert 0.5 < loaded.config.history[-1]["sparsity_after"] < 0.7
+    assert loaded.config.history[-1].stage == "threshold"
+    assert loaded.config.history[-1].per_channel is True
+    assert 0.5 < loaded.config.history[-1].sparsity_after < 0.7
     bad = run_cli("threshold", str(tmp_path / "dense"), "--out", str(tmp_path / "x"), "--fraction-mid", "1.5")
     assert bad.returncode == 2 and "fraction_mid" in bad.stderr

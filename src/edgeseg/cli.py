@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeseg import __version__
+from edgeseg.cli_options import schema_options
 from edgeseg.errors import EdgesegError
+from edgeseg.models.quant_spec import QuantizeConfig
+from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, ThresholdStage
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train, compress, export and run small fast segmentation models.")
@@ -148,21 +151,24 @@ def eval_command(
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     device: str = DeviceOption,
+    force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg eval did not write it"),
 ) -> None:
     """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU)."""
     from edgeseg.data.spec import open_dataset
     from edgeseg.evaluate import evaluate
-    from edgeseg.fileio import atomic_write_json
+    from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.inference import load_predictor
     from edgeseg.runtime import resolve_device
 
+    if json_file:
+        check_output(json_file, "eval", [model], force, kind="file")
     predictor = load_predictor(model, resolve_device(device))
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
     result["data"] = data
     print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
     if json_file:
-        atomic_write_json(json_file, result)
+        atomic_write_json(json_file, {"written_by": "eval", **result})
 
 
 @app.command("predict")
@@ -173,23 +179,34 @@ def predict_command(
     out_dir: Path = typer.Option(Path("predictions"), "--out", help="output folder"),
     with_overlay: bool = typer.Option(False, "--overlay", help="also write colour overlays"),
     device: str = DeviceOption,
+    force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
+    from edgeseg.fileio import check_files, check_output, mark_output
     from edgeseg.inference import load_predictor
-    from edgeseg.predict import expand_sources, is_video_source, predict_images, predict_video
+    from edgeseg.predict import expand_sources, is_video_source, output_names, predict_images, predict_video
     from edgeseg.runtime import resolve_device
 
-    predictor = load_predictor(model, resolve_device(device))
     videos = [source for source in sources if is_video_source(source)]
     images = [source for source in sources if not is_video_source(source)]
+    paths = expand_sources(images) if images else []
+    inputs = [*paths, *(Path(s) for s in images if Path(s).is_dir()), *(Path(v) for v in videos if not v.isdigit())]
+    check_output(out_dir, "predict", [model, *inputs], force, kind="dir")
+    names = output_names(paths) if paths else []
+    files = [f"{n}.png" for n in names] + [f"{n}_overlay.png" for n in names if with_overlay]
+    files += [f"{'camera' + v if v.isdigit() else Path(v).stem}_overlay.mp4" for v in videos]
+    check_files(out_dir, files, "predict", force)
+    predictor = load_predictor(model, resolve_device(device))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
         result = predict_video(predictor, video, out_dir)
         times = sorted(result.milliseconds)
         out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
                   f"(median {times[len(times) // 2]:.1f} ms per frame on {predictor.device})")
     if images:
-        results = predict_images(predictor, expand_sources(images), out_dir, with_overlay)
+        results = predict_images(predictor, paths, out_dir, with_overlay)
         times = sorted(r.milliseconds for r in results)
         out.print(f"wrote {len(results)} label maps to {out_dir} "
                   f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
@@ -212,161 +229,120 @@ def info_command(
     print_profile(profile_model(loaded.model, input_size), loaded.config, out)
 
 
+OutOption = typer.Option(..., "--out", help="the model directory to write")
+DataOption = typer.Option(None, "--data", help="dataset spec the stage checks (and calibrates) on; default: the one "
+                                               "the model was trained on")
+SplitOption = typer.Option("val", "--split", help="the split the stage checks on")
+ForceOption = typer.Option(False, "--force", help="replace --out even if edgeseg did not write it")
+
+
+def run_single_stage(kind: str, model: Path, settings: dict, out_path: Path, data: str | None, split: str,
+                     force: bool, train_section: dict | None = None, needs_data: bool = False):
+    """A single-step command: validate a one-stage spec, guard the output, and call the stage
+    function ``edgeseg run`` calls; the output is marked as this command's."""
+    from edgeseg.fileio import check_output, mark_output
+    from edgeseg.models.model_dir import read_model_config
+    from edgeseg.pipeline.stages import STAGES, StageContext, dataset_image_size, export_format, run_stage
+    from edgeseg.schema import validate
+
+    spec = validate(STAGES[kind].spec, {**settings, "stage": kind}, f"{kind} options")
+    config = read_model_config(model)
+    data = data or config.trained_on()
+    if needs_data and data is None:
+        raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC")
+    bundle = kind == "export" and export_format(model, spec) == "bundle"
+    check_output(out_path, kind, [model], force, kind="file" if kind == "export" and not bundle else "dir")
+    size = dataset_image_size(data, split) if kind == "export" and data else None
+    context = StageContext(work_dir=out_path.with_name(out_path.name + ".work"), data=data, split=split, size=size,
+                           train=train_section or {}, log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    result = run_stage(spec, model, out_path, context)
+    if out_path.is_dir():
+        mark_output(out_path, kind)
+    return result
+
+
 @app.command("fold-bn")
+@schema_options(FoldStage)
 def fold_bn_command(
     model: Path = typer.Argument(..., help="model directory"),
-    out_dir: Path = typer.Option(..., "--out", help="the folded model directory to write"),
-    data: Optional[str] = typer.Option(None, "--data", help="check on real images of this dataset spec"),
-    split: str = typer.Option("val", "--split"),
-    images: int = typer.Option(4, "--images", min=1, help="how many images to check on"),
+    out_dir: Path = OutOption,
+    data: Optional[str] = DataOption,
+    split: str = SplitOption,
+    force: bool = ForceOption,
+    settings: dict = None,
 ) -> None:
     """Merge every BatchNorm into the conv before it (caffe-jacinto's "optimize"); checks the
     folded model against the original and prints the largest logit difference."""
-    from edgeseg.compress.bn_fold import fold_model_dir
-    from edgeseg.compress.sample_images import real_check_images
-
-    check = real_check_images(model, data, split, images) if data else None
-    metrics = fold_model_dir(model, out_dir, check)
-    where = f"{metrics['check_images']} {'images of ' + data if data else 'random inputs'}"
-    out.print(f"folded {metrics['folded_into_conv']} BatchNorms into convs, {metrics['made_affine']} into "
-              f"per-channel affines; max |logit difference| {metrics['max_abs_diff']:.2e} on {where}; "
-              f"zero weights {metrics['zeros_before']} -> {metrics['zeros_after']}; wrote {out_dir}")
+    run_single_stage("fold-bn", model, settings, out_dir, data, split, force)
+    out.print(f"wrote {out_dir}")
 
 
 @app.command("threshold")
+@schema_options(ThresholdStage)
 def threshold_command(
     model: Path = typer.Argument(..., help="model directory"),
-    out_dir: Path = typer.Option(..., "--out", help="the thresholded model directory to write"),
-    fraction_low: float = typer.Option(0.40, "--fraction-low", help="target zero fraction of small layers"),
-    fraction_mid: float = typer.Option(0.80, "--fraction-mid", help="... of layers with ni >= 32 and no >= 32"),
-    fraction_high: float = typer.Option(0.80, "--fraction-high", help="... of layers with ni >= 256 and no >= 512"),
-    value_max: float = typer.Option(0.2, "--value-max", help="absolute cap on a threshold"),
-    value_maxratio: float = typer.Option(0.2, "--value-maxratio", help="cap as a fraction of the layer's max|w|"),
-    step_factor: float = typer.Option(1e-6, "--step-factor", help="threshold grid step as a fraction of max|w|"),
-    per_channel: bool = typer.Option(False, "--per-channel/--per-layer", help="one threshold per output channel"),
+    out_dir: Path = OutOption,
+    force: bool = ForceOption,
+    settings: dict = None,
 ) -> None:
     """Zero the smallest conv weights to a target sparsity per layer (caffe-jacinto's threshold
     tool: low/mid/high channel-count buckets, capped thresholds)."""
-    from edgeseg.compress.threshold import ThresholdConfig, threshold_model_dir
-    from edgeseg.schema import validate
-
-    config = validate(ThresholdConfig, dict(
-        fraction_low=fraction_low, fraction_mid=fraction_mid, fraction_high=fraction_high, value_max=value_max,
-        value_maxratio=value_maxratio, step_factor=step_factor, per_channel=per_channel), "threshold options")
-    rows, metrics = threshold_model_dir(model, out_dir, config)
+    result = run_single_stage("threshold", model, settings, out_dir, None, "val", force)
+    per_channel = result.metrics["per_channel"]
     table = Table(title=f"threshold {'per output channel' if per_channel else 'per layer'}")
     for column in ("layer", "bucket", "target %", "achieved %", "threshold" + (" (max)" if per_channel else ""),
                    "capped"):
         table.add_column(column, justify="left" if column in ("layer", "bucket") else "right")
-    for row in rows:
-        capped = f"{row.capped_units}/{row.units}" if per_channel else ("yes" if row.capped_units else "no")
-        table.add_row(row.name, row.bucket, f"{100 * row.target:.1f}", f"{100 * row.achieved:.2f}",
-                      f"{row.threshold:.3g}", capped)
+    for row in result.metrics["layers"]:
+        capped = f"{row['capped_units']}/{row['units']}" if per_channel else ("yes" if row["capped_units"] else "no")
+        table.add_row(row["name"], row["bucket"], f"{100 * row['target']:.1f}", f"{100 * row['achieved']:.2f}",
+                      f"{row['threshold']:.3g}", capped)
     out.print(table)
-    out.print(f"conv weight sparsity {100 * metrics['sparsity_before']:.2f} % -> "
-              f"{100 * metrics['sparsity_after']:.2f} %; wrote {out_dir}")
+    out.print(f"wrote {out_dir}")
 
 
 @app.command("quantize")
+@schema_options(QuantizeStage, flatten={"quantization": QuantizeConfig})
 def quantize_command(
     model: Path = typer.Argument(..., help="a float model directory"),
-    out_dir: Path = typer.Option(..., "--out", help="the quantized model directory to write"),
-    data: Optional[str] = typer.Option(None, "--data", help="dataset spec (default: the one the model was trained on)"),
-    scheme: str = typer.Option("float", "--scheme", help="float (per-channel weight scales), power-of-two, or low-bit "
-                                                         "(Blueoil: 1-bit weights, 2-bit activations in [0, 2])"),
-    weight_bits: Optional[int] = typer.Option(None, "--weight-bits", help="default: 8 (low-bit: 1)"),
-    activation_bits: Optional[int] = typer.Option(None, "--activation-bits", help="default: 8 (low-bit: 2)"),
-    activation_max: float = typer.Option(2.0, "--activation-max", help="low-bit: activations clipped to [0, this]"),
-    target: str = typer.Option("x86", "--target", help="x86 (weights |q| <= 63: no saturation without VNNI) "
-                                                         "or full-range"),
-    calibration: int = typer.Option(20, "--calibration-batches", help="training images the ranges are tracked on"),
-    epochs: int = typer.Option(0, "--epochs", min=0, help="quantization-aware fine-tuning epochs (0: calibration only)"),
-    lr: float = typer.Option(1e-5, "--lr", help="fine-tuning learning rate"),
+    out_dir: Path = OutOption,
+    data: Optional[str] = DataOption,
     train_config: Optional[Path] = typer.Option(
-        None, "--train-config", help="training config whose data, augmentation, batch and loss the fine-tuning uses "
-                                     "(its epochs, lr and evaluation interval are replaced)"),
-    stochastic: bool = typer.Option(False, "--stochastic-rounding", help="power-of-two: stochastic rounding in training"),
-    track_ranges: bool = typer.Option(False, "--track-ranges", help="keep tracking activation ranges while fine-tuning"),
-    float_first_layer: bool = typer.Option(False, "--float-first-layer", help="keep the first conv(s) and the input "
-                                                                              "in float (Blueoil)"),
-    bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
-                                         help="biases absorb the mean output shift of the weight rounding"),
+        None, "--train-config", help="training config whose data, augmentation, batch and loss the fine-tuning "
+                                     "(train.epochs=N) uses"),
+    force: bool = ForceOption,
+    settings: dict = None,
 ) -> None:
-    """Quantize MODEL: fold BNs, calibrate activation ranges (post-training quantization) and
-    optionally fine-tune with quantization simulated; writes snapshot_log.txt per layer."""
-    from edgeseg.compress.quant import QuantizeConfig
-    from edgeseg.models.model_dir import read_model_config
-    from edgeseg.pipeline.quantize import run_quantize
-    from edgeseg.schema import load_yaml, merge, validate
+    """Quantize MODEL: fold BNs, calibrate activation ranges (post-training quantization) and,
+    with train.epochs=N, fine-tune with quantization simulated; writes snapshot_log.txt."""
+    from edgeseg.schema import load_yaml
 
-    options = dict(scheme=scheme, weight_bits=weight_bits, activation_bits=activation_bits, target=target,
-                   calibration_batches=calibration, stochastic_rounding=stochastic, freeze_ranges=not track_ranges,
-                   activation_max=activation_max, quantize_first_layer=False if float_first_layer else None,
-                   bias_correction=bias_correction)
-    quant = validate(QuantizeConfig, {k: v for k, v in options.items() if v is not None}, "quantize options")
-    data = data or read_model_config(model).trained_on()
-    if data is None:
-        raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC")
-    finetune = None
-    if epochs:
-        base = dict(load_yaml(train_config) or {}) if train_config else {}
-        base.pop("name", None)
-        base.pop("runs_dir", None)
-        finetune = merge(base, {"epochs": epochs, "optimizer": {"lr": lr}, "eval_every": 1})
-    details = run_quantize(model, out_dir, quant, data, finetune, out_dir.with_name(out_dir.name + ".work"),
-                           log=out.print, config_source=str(train_config or "quantize options"))
+    train_section = dict(load_yaml(train_config) or {}) if train_config else {}
+    result = run_single_stage("quantize", model, settings, out_dir, data, "train", force, train_section,
+                              needs_data=True)
     snapshot = out_dir / "snapshot_log.txt"
     if snapshot.is_file():
-        out.print(snapshot.read_text(encoding="utf-8"))
-    out.print(f"wrote {out_dir}" + (f" (fine-tuned: best val mIoU {100 * details['best_val_miou']:.2f} %)"
-                                    if finetune is not None else ""))
+        out.print(snapshot.read_text(encoding="utf-8"), markup=False)
+    best = result.metrics.get("best_val_miou")
+    out.print(f"wrote {out_dir}" + (f" (fine-tuned: best val mIoU {100 * best:.2f} %)" if best is not None else ""))
 
 
 @app.command("export")
+@schema_options(ExportStage)
 def export_command(
     model: Path = typer.Argument(..., help="model directory"),
-    fmt: str = typer.Option(..., "--format", help="onnx, onnx-int8 or bundle"),
     out_path: Optional[Path] = typer.Option(None, "--out", help="default: MODEL.onnx or MODEL-bundle/"),
-    size: Optional[List[int]] = typer.Option(None, "--size", help="fixed input height and width (twice)"),
-    data: Optional[str] = typer.Option(None, "--data", help="check on this dataset (default: the training one)"),
-    split: str = typer.Option("val", "--split"),
-    images: int = typer.Option(8, "--images", min=1, help="images the export is checked on"),
-    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8: least pixel agreement with PyTorch"),
+    data: Optional[str] = DataOption,
+    split: str = SplitOption,
+    force: bool = ForceOption,
+    settings: dict = None,
 ) -> None:
     """Export MODEL to ONNX (fp32 or int8) or a deploy bundle; the export is run in ONNX Runtime
     and checked against MODEL on real images before anything is written."""
-    from edgeseg.compress.sample_images import labelled_images
-    from edgeseg.export.onnx import Tolerances, export_onnx
-    from edgeseg.models.model_dir import read_model_config
-
-    if fmt not in ("onnx", "onnx-int8", "bundle"):
-        raise EdgesegError(f"--format: unknown format '{fmt}' (onnx, onnx-int8, bundle)")
-    if size is not None and len(size) != 2:
-        raise typer.BadParameter("give --size twice: --size H --size W")
-    config = read_model_config(model)
-    data = data or config.trained_on()
-    if data is None:
-        raise EdgesegError(f"{model}: no training dataset recorded; pass --data SPEC for the export check")
-    check = labelled_images(model, data, split, images)
-    export_size = tuple(size) if size else None
-    int8 = config.quantization is not None
-    if fmt == "bundle":
-        from edgeseg.export.bundle import write_bundle
-
-        target = out_path or model.with_name(model.name + "-bundle")
-        metrics = write_bundle(model, target, export_size, check, Tolerances(min_agreement=min_agreement))
-    else:
-        if (fmt == "onnx-int8") != int8:
-            raise EdgesegError(f"{model}: " + ("not quantized; run 'edgeseg quantize' first" if not int8 else
-                                              "is quantized; export it with --format onnx-int8"))
-        target = out_path or model.with_suffix(".onnx")
-        metrics = export_onnx(model, target, int8, export_size, check, Tolerances(min_agreement=min_agreement))
-    quality = (f"pixel agreement {100 * metrics['agreement']:.2f} %" if int8 else
-               f"max |logit difference| {metrics['max_abs_diff']:.2e}")
-    if "miou_drop" in metrics:
-        quality += f", mIoU {100 * metrics['exported_miou']:.2f} vs {100 * metrics['reference_miou']:.2f} %"
-    out.print(f"wrote {target} ({metrics['format']}, {metrics['size'][0]}x{metrics['size'][1]}); checked on "
-              f"{metrics['check_images']} images of {data} [{split}]: {quality}")
+    if out_path is None:
+        out_path = model.with_name(model.name + "-bundle") if settings.get("format") == "bundle" \
+            else model.with_suffix(".onnx")
+    run_single_stage("export", model, settings, out_path, data, split, force, needs_data=True)
 
 
 @app.command("bench")
@@ -377,16 +353,19 @@ def bench_command(
     images: Optional[Path] = typer.Option(None, "--images", help="also time end to end on this folder of images"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     device: str = DeviceOption,
+    force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
 ) -> None:
     """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
     their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
     pre-processing, argmax and PNG encoding."""
     from edgeseg.benchmark import end_to_end, measure_side_by_side
-    from edgeseg.fileio import atomic_write_json
+    from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.inference import load_predictor
     from edgeseg.predict import expand_sources
     from edgeseg.runtime import resolve_device
 
+    if json_file:
+        check_output(json_file, "bench", models, force, kind="file")
     if size is not None and len(size) != 2:
         raise typer.BadParameter("give --size twice: --size H --size W")
     predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
@@ -405,7 +384,8 @@ def bench_command(
                       f"{row['fps']:.1f}", f"{row['end_to_end']['fps']:.1f}" if paths else "-")
     out.print(table)
     if json_file:
-        atomic_write_json(json_file, results[str(models[0])] if len(models) == 1 else results)
+        atomic_write_json(json_file, {"written_by": "bench",
+                                      **(results[str(models[0])] if len(models) == 1 else {"models": results})})
 
 
 @data_app.command("check")

@@ -29,3 +29,7 @@ class ConfigError(EdgesegError):
 
 class ModelError(EdgesegError):
     """A model directory or model name is wrong."""
+
+
+class OutputError(EdgesegError):
+    """An output path would overwrite or destroy something this command did not make."""

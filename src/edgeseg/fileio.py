@@ -1,4 +1,5 @@
-"""Atomic writes: a reader (or a crash) sees either the old file or the new one, never half."""
+"""Atomic writes: a reader (or a crash) sees either the old file or the new one, never half;
+and the output guard: no command replaces what it did not make."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from edgeseg.errors import OutputError
+from edgeseg.layout import OUTPUT_MARK
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; the final output gets what open()/mkdir() would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -21,6 +36,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _honour_umask(tmp, directory=False)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -55,6 +71,7 @@ def atomic_replace_dir(build: Callable[[Path], None], final: str | Path) -> Path
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    _honour_umask(tmp, directory=True)
     try:
         build(tmp)
     except BaseException:
@@ -67,3 +84,88 @@ def atomic_replace_dir(build: Callable[[Path], None], final: str | Path) -> Path
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_output(out: str | Path, command: str, inputs: Iterable[str | Path] = (), force: bool = False,
+                 kind: str = "any") -> Path:
+    """Refuse, with one line naming the path, an output that would destroy what ``command``
+    did not make. ``out`` may never be, contain or sit inside an input, nor be the current
+    folder or one above it (not even with ``force``). An existing ``out`` is replaced only if
+    it is empty, was written by this command before (its mark, see ``mark_output``, or for a
+    file the ``is_own`` test of its kind) or ``force`` is given. ``kind``: 'dir', 'file' or
+    'any', what ``out`` must be if it exists. Returns ``out``."""
+    out = Path(out)
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputError(f"{out}: is the current folder or one above it; give --out a new folder's name")
+    for source in inputs:
+        source_path = Path(source).resolve()
+        if resolved == source_path:
+            raise OutputError(f"{out}: is also an input of this command; choose another --out")
+        if source_path in resolved.parents:
+            raise OutputError(f"{out}: is inside the input {source}; choose an --out outside it")
+        if resolved in source_path.parents:
+            raise OutputError(f"{out}: contains the input {source}; choose another --out")
+    if not out.exists() and not out.is_symlink():
+        return out
+    if kind == "dir" and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder; choose another --out")
+    if kind == "file" and out.is_dir():
+        raise OutputError(f"{out}: is a folder; give --out a file name")
+    if force or written_by(out) == command or (out.is_dir() and not any(out.iterdir())):
+        return out
+    raise OutputError(f"{out}: exists and was not written by 'edgeseg {command}'; choose another --out or pass "
+                      f"--force to replace it")
+
+
+def mark_output(out: str | Path, command: str, files: Iterable[str] = ()) -> None:
+    """Record in the folder ``out`` that ``command`` wrote it (and which ``files`` in it)."""
+    out = Path(out)
+    mark = out / OUTPUT_MARK
+    known = read_mark(out).get("files", []) if written_by(out) == command else []
+    atomic_write_json(mark, {"command": command, "files": sorted({*known, *files})})
+
+
+def read_mark(out: Path) -> dict:
+    """The mark ``mark_output`` left in folder ``out`` ({} when none or unreadable)."""
+    try:
+        data = json.loads((Path(out) / OUTPUT_MARK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def written_by(out: Path) -> str | None:
+    """The edgeseg command that wrote the folder or JSON file ``out``, if it says so."""
+    out = Path(out)
+    if out.is_dir():
+        return read_mark(out).get("command")
+    if out.suffix == ".json":
+        try:
+            data = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data.get("written_by") if isinstance(data, dict) else None
+    if out.suffix == ".onnx":
+        import onnx  # heavy, and only needed for this check
+
+        try:
+            model = onnx.load(str(out), load_external_data=False)
+        except Exception:  # not an ONNX file at all: not ours
+            return None
+        return "export" if any(entry.key == "edgeseg_config" for entry in model.metadata_props) else None
+    return None
+
+
+def check_files(out_dir: str | Path, names: Iterable[str], command: str, force: bool = False) -> None:
+    """Refuse (one line) when a file ``command`` is about to write into ``out_dir`` exists and
+    is not one it wrote there before (per the folder's mark), unless ``force``."""
+    if force:
+        return
+    out_dir = Path(out_dir)
+    ours = set(read_mark(out_dir).get("files", [])) if written_by(out_dir) == command else set()
+    for name in names:
+        if (out_dir / name).exists() and name not in ours:
+            raise OutputError(f"{out_dir / name}: exists and was not written by 'edgeseg {command}'; choose "
+                              f"another --out or pass --force to replace it")

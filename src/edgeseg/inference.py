@@ -14,6 +14,7 @@ from edgeseg.data.transforms import Normalize
 from edgeseg.errors import ModelError
 from edgeseg.metrics import class_ids
 from edgeseg.models.model_dir import ModelConfig, load_model_dir
+from edgeseg.models.stride import pad_to_stride
 
 
 class TorchPredictor:
@@ -31,13 +32,8 @@ class TorchPredictor:
         """(N, 3, H, W) normalised images -> (N, C, H, W) logits; pads to the output stride
         (with zeros, i.e. the mean colour) and crops the result back."""
         h, w = images.shape[-2:]
-        s = self.output_stride
-        ph, pw = (-h) % s, (-w) % s
-        x = images.to(self.device, non_blocking=True)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        out = self.model(x)
-        return out[..., :h, :w]
+        x = pad_to_stride(images.to(self.device, non_blocking=True), self.output_stride)
+        return self.model(x)[..., :h, :w]
 
     @classmethod
     def from_dir(cls, path: str | Path, device: torch.device) -> "TorchPredictor":

@@ -86,4 +86,4 @@ def print_profile(profile, config, console: Console) -> None:
     console.print(f"params {profile.params:,} ({profile.params * 4 / 2**20:.2f} MiB fp32); "
                   f"GMACs {profile.macs / 1e9:.3f} (skipping zero weights: {profile.effective_macs / 1e9:.3f}); "
                   f"conv weight sparsity {100 * profile.sparsity:.1f} %; history: "
-                  f"{', '.join(h.get('stage', '?') for h in config.history) or 'none'}", soft_wrap=True)
+                  f"{', '.join(h.stage for h in config.history) or 'none'}", soft_wrap=True)

@@ -7,8 +7,8 @@ directly before it (after a concat with pooled channels, as in ENet-style downsa
 becomes a per-channel affine ``ChannelAffine`` carrying the same scale and shift, so the
 folded model has no BatchNorm layer and computes the same function.
 
-``strip_batchnorm`` makes the same structural change without weights: a folded model
-directory is rebuilt from its config by creating the architecture, stripping, then loading.
+The structure of the result (``ChannelAffine``, ``strip_batchnorm``) lives in
+``edgeseg.models.folded``, so loading a folded model never imports this module.
 """
 
 from __future__ import annotations
@@ -18,19 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgeseg.models.blocks import ConvBNAct
-
-
-class ChannelAffine(nn.Module):
-    """y = x * scale[c] + shift[c] (caffe's Scale layer with bias)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(channels))
-        self.shift = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+from edgeseg.errors import ModelError
+from edgeseg.inference import TorchPredictor
+from edgeseg.models.folded import ChannelAffine, block_batchnorms, give_bias, replace_free_batchnorms
+from edgeseg.models.model_dir import load_model_dir, save_model_dir
+from edgeseg.models.profile import zero_weight_count
 
 
 @dataclass(frozen=True)
@@ -50,52 +42,27 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, beta - mean * scale
 
 
-def _give_bias(conv: nn.Conv2d) -> None:
-    if conv.bias is None:
-        conv.bias = nn.Parameter(torch.zeros(conv.out_channels, dtype=conv.weight.dtype, device=conv.weight.device))
-
-
-def _replace_free_batchnorms(model: nn.Module, with_weights: bool) -> int:
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                affine = ChannelAffine(child.num_features).to(child.running_mean.device
-                                                              if child.running_mean is not None else "cpu")
-                if with_weights:
-                    scale, shift = _bn_scale_shift(child)
-                    affine.scale.data.copy_(scale)
-                    affine.shift.data.copy_(shift)
-                setattr(parent, name, affine)
-                count += 1
-    return count
+def _affine_with_weights(bn: nn.BatchNorm2d) -> ChannelAffine:
+    scale, shift = _bn_scale_shift(bn)
+    affine = ChannelAffine(bn.num_features).to(bn.running_mean.device)
+    affine.scale.data.copy_(scale)
+    affine.shift.data.copy_(shift)
+    return affine
 
 
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> FoldResult:
     """Fold in place; returns how many BNs went into convs and how many became affines."""
-    folded = 0
-    for block in model.modules():
-        if isinstance(block, ConvBNAct) and isinstance(block.bn, nn.BatchNorm2d):
-            scale, shift = _bn_scale_shift(block.bn)
-            conv = block.conv
-            _give_bias(conv)
-            weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
-            conv.weight.copy_(weight.to(conv.weight.dtype))
-            conv.bias.copy_((conv.bias.double() * scale + shift).to(conv.bias.dtype))
-            block.bn = nn.Identity()
-            folded += 1
-    return FoldResult(folded, _replace_free_batchnorms(model, with_weights=True))
-
-
-def strip_batchnorm(model: nn.Module) -> nn.Module:
-    """The folded architecture with placeholder values, ready for a strict weight load."""
-    for block in model.modules():
-        if isinstance(block, ConvBNAct) and isinstance(block.bn, nn.BatchNorm2d):
-            _give_bias(block.conv)
-            block.bn = nn.Identity()
-    _replace_free_batchnorms(model, with_weights=False)
-    return model
+    blocks = block_batchnorms(model)
+    for block in blocks:
+        scale, shift = _bn_scale_shift(block.bn)
+        conv = block.conv
+        give_bias(conv)
+        weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+        conv.weight.copy_(weight.to(conv.weight.dtype))
+        conv.bias.copy_((conv.bias.double() * scale + shift).to(conv.bias.dtype))
+        block.bn = nn.Identity()
+    return FoldResult(len(blocks), replace_free_batchnorms(model, _affine_with_weights))
 
 
 def fold_model_dir(source, out, check_images: list[torch.Tensor] | None = None) -> dict:
@@ -106,11 +73,6 @@ def fold_model_dir(source, out, check_images: list[torch.Tensor] | None = None) 
     size when None); the largest absolute logit difference goes into the returned metrics
     and the model's history.
     """
-    from edgeseg.errors import ModelError
-    from edgeseg.inference import TorchPredictor
-    from edgeseg.models.model_dir import load_model_dir, save_model_dir
-    from edgeseg.models.profile import zero_weight_count
-
     loaded = load_model_dir(source)
     if loaded.config.batchnorm_folded:
         raise ModelError(f"{source}: its BatchNorms are already folded")
@@ -126,7 +88,5 @@ def fold_model_dir(source, out, check_images: list[torch.Tensor] | None = None) 
                "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(after, before)),
                "check_images": len(check_images), "zeros_before": zeros_before,
                "zeros_after": zero_weight_count(loaded.model)}
-    config = loaded.config.model_copy(update={"batchnorm_folded": True,
-                                              "history": [*loaded.config.history, metrics]})
-    save_model_dir(loaded.model, config, out)
+    save_model_dir(loaded.model, loaded.config.with_stage(metrics, batchnorm_folded=True), out)
     return metrics

@@ -18,21 +18,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from edgeseg.models.profile import trainable_convs
-from edgeseg.schema import StrictModel
-
-
-class ThresholdConfig(StrictModel):
-    fraction_low: float = Field(0.40, ge=0, le=1, description="target zero fraction, small layers")
-    fraction_mid: float = Field(0.80, ge=0, le=1, description="target zero fraction, ni >= 32 and no >= 32")
-    fraction_high: float = Field(0.80, ge=0, le=1, description="target zero fraction, ni >= 256 and no >= 512")
-    value_max: float = Field(0.2, gt=0, description="absolute cap on the threshold")
-    value_maxratio: float = Field(0.2, gt=0, le=1, description="cap on the threshold as a fraction of max|w|")
-    step_factor: float = Field(1e-6, gt=0, lt=1, description="search step as a fraction of max|w|")
-    per_channel: bool = Field(False, description="threshold each output channel on its own")
+from edgeseg.compress.specs import ThresholdConfig
 
 
 @dataclass(frozen=True)
@@ -112,6 +101,5 @@ def threshold_model_dir(source, out, config: ThresholdConfig) -> tuple[list[Laye
     rows = threshold_model(loaded.model, config)
     after = profile_model(loaded.model, loaded.config.input_size).sparsity
     metrics = {"stage": "threshold", **config.model_dump(), "sparsity_before": before, "sparsity_after": after}
-    history = [*loaded.config.history, metrics]
-    save_model_dir(loaded.model, loaded.config.model_copy(update={"history": history}), out)
+    save_model_dir(loaded.model, loaded.config.with_stage(metrics), out)
     return rows, metrics

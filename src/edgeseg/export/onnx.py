@@ -24,7 +24,6 @@ import torch
 
 from edgeseg.compress.quant.graph import bake_weights
 from edgeseg.compress.quant.lowbit import fold_low_bit, is_low_bit
-from edgeseg.compress.quant.stage import pad_to_stride
 from edgeseg.errors import EdgesegError, ModelError
 from edgeseg.export.onnx_graph import (clip_activation_levels, fold_weight_quantization, quantize_conv_biases,
                                       set_metadata)
@@ -32,6 +31,7 @@ from edgeseg.fileio import atomic_write_bytes
 from edgeseg.inference import TorchPredictor
 from edgeseg.metrics import ConfusionMatrix, class_ids
 from edgeseg.models.model_dir import load_model_dir
+from edgeseg.models.stride import pad_to_stride
 
 OPSET = 17
 ONNX_IR_VERSION = 9  # readable by every ONNX Runtime since 1.15
@@ -80,7 +80,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool, size: tuple[
     if int8:
         graph_changes.update(weights_int8=fold_weight_quantization(proto), biases_int32=quantize_conv_biases(proto))
     if low_bit:
-        bits = config.quantization["spec"]["activation_bits"]
+        bits = config.quantization.spec.activation_bits
         graph_changes["activations_clipped"] = clip_activation_levels(proto, 2 ** bits - 1)
     set_metadata(proto, _metadata(config, int8, size))
     onnx.checker.check_model(proto)
@@ -129,7 +129,7 @@ def _metadata(config, int8: bool, size: tuple[int, int]) -> dict:
     return {"edgeseg_config": config.model_dump(mode="json"), "classes": config.classes, "palette": config.palette,
             "mean": config.mean, "std": config.std, "input_size": list(size), "ignore_index": config.ignore_index,
             "label_palette": config.class_info().flat_palette(),
-            "precision": "int8" if int8 else "fp32", "quantization": config.quantization,
+            "precision": "int8" if int8 else "fp32", "quantization": config.quantization.model_dump(mode="json") if config.quantization else None,
             "edgeseg_version": config.edgeseg_version}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -20,11 +20,22 @@ from edgeseg.data.classes import ClassInfo
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from edgeseg.errors import ConfigError, ModelError
 from edgeseg.fileio import atomic_replace_dir
-from edgeseg.models.registry import create_model
+from edgeseg.layout import CONFIG_NAME, WEIGHTS_NAME
+from edgeseg.models.folded import strip_batchnorm
+from edgeseg.models.quant_spec import QuantizationRecord
+from edgeseg.models.quantized import attach_record
+from edgeseg.models.zoo import create_model
 from edgeseg.schema import StrictModel, validate
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+
+class HistoryEntry(BaseModel):
+    """One stage applied to the model: its kind, the dataset it trained on (if any) and what
+    the stage measured (stage-specific keys, kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str = Field(min_length=1)
+    data: str | None = None
 
 
 class ModelConfig(StrictModel):
@@ -42,9 +53,8 @@ class ModelConfig(StrictModel):
     input_size: tuple[int, int] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
-    history: list[dict[str, Any]] = Field(default_factory=list, description="stages applied, oldest first")
-    quantization: dict[str, Any] | None = Field(
-        None, description="quantization spec ('spec': QuantizeConfig, 'points': modules with quantized outputs)")
+    history: list[HistoryEntry] = Field(default_factory=list, description="stages applied, oldest first")
+    quantization: QuantizationRecord | None = Field(None, description="how and where the model is quantized")
     edgeseg_version: str = __version__
 
     def class_info(self) -> ClassInfo:
@@ -52,7 +62,15 @@ class ModelConfig(StrictModel):
 
     def trained_on(self) -> str | None:
         """The dataset spec of the latest training stage that recorded one."""
-        return next((entry["data"] for entry in reversed(self.history) if entry.get("data")), None)
+        return next((entry.data for entry in reversed(self.history) if entry.data), None)
+
+    def with_stage(self, metrics: dict[str, Any], **changes: Any) -> "ModelConfig":
+        """A copy with ``metrics`` (which name their ``stage``) appended to the history and
+        ``changes`` applied, validated."""
+        data = self.model_dump(mode="json")
+        data.update(changes)
+        data["history"] = [*data["history"], metrics]
+        return ModelConfig.model_validate(data)
 
 
 @dataclass
@@ -63,7 +81,7 @@ class LoadedModel:
 
 
 def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int, int],
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, history: list[dict] | None = None) -> ModelConfig:
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, history: list | None = None) -> ModelConfig:
     """The config.json content for a model built by ``create_model``."""
     arch = getattr(model, "arch", None)
     if arch is None:
@@ -137,15 +155,11 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     config = read_model_config(path)
     model = create_model(config.architecture, config.num_classes, **config.arguments)
     if config.batchnorm_folded:
-        from edgeseg.compress.bn_fold import strip_batchnorm
-
         strip_batchnorm(model)
     if config.quantization is not None:
-        from edgeseg.compress.quant import attach_from_spec
-
         try:
-            attach_from_spec(model, config.quantization)
-        except (ValueError, ConfigError) as err:
+            attach_record(model, config.quantization)
+        except ValueError as err:
             raise ModelError(f"{path / CONFIG_NAME}: quantization: {err}") from None
     weights = path / WEIGHTS_NAME
     try:

@@ -1,6 +1,16 @@
-"""Staged pipelines: recipes, the runner, and the per-stage report."""
+"""Staged pipelines: stage specs, the stage table, recipes, the runner and the report.
 
-from edgeseg.pipeline.recipe import load_recipe
-from edgeseg.pipeline.runner import run_pipeline
+The names below load on first use, so that reading a stage's schema (``pipeline.specs``)
+does not import the stages themselves."""
 
-__all__ = ["load_recipe", "run_pipeline"]
+import importlib
+
+_EXPORTS = {"load_recipe": "edgeseg.pipeline.recipe", "run_pipeline": "edgeseg.pipeline.runner"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgeseg.pipeline' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -25,67 +25,19 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from edgeseg import __version__
-from edgeseg.compress.quant import QuantizeConfig
-from edgeseg.compress.threshold import ThresholdConfig
 from edgeseg.errors import ConfigError
-from edgeseg.schema import StrictModel, load_yaml, merge, validate
-from edgeseg.pipeline.quantize import FINETUNE_DEFAULTS, finetune_config
+from edgeseg.pipeline.specs import QuantizeStage, Stage, TrainStage
+from edgeseg.pipeline.stages import STAGES, finetune_config, finetune_section, stage_train_config
+from edgeseg.schema import StrictModel, load_yaml, validate
 from edgeseg.train.config import TrainConfig, apply_overrides
 
-TRAINING_KINDS = ("train", "l1", "sparse")
-DEFAULT_KEEP = {"train": "best", "l1": "last", "sparse": "best"}
-
-
-class TrainStage(StrictModel):
-    stage: Literal["train", "l1", "sparse"]
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's train section")
-    keep: Literal["best", "last"] | None = Field(
-        None, description="the model the stage hands on: best val mIoU or the last epoch (default: best; l1: last)")
-
-    @property
-    def kept(self) -> str:
-        return self.keep or DEFAULT_KEEP[self.stage]
-
-
-class ThresholdStage(ThresholdConfig):
-    stage: Literal["threshold"]
-
-    def threshold_config(self) -> ThresholdConfig:
-        return ThresholdConfig(**self.model_dump(exclude={"stage"}))
-
-
-class FoldStage(StrictModel):
-    stage: Literal["fold-bn"]
-    check_images: int = Field(4, ge=1, description="val images the folded model is checked on")
-
-
-class QuantizeStage(StrictModel):
-    stage: Literal["quantize"]
-    quantization: QuantizeConfig = Field(default_factory=QuantizeConfig)
-    train: dict[str, Any] | None = Field(
-        None, description="quantization-aware fine-tuning: overrides of the recipe's train section over "
-                          "5 epochs at lr 1e-5 (absent: calibration only)")
-
-
-class ExportStage(StrictModel):
-    stage: Literal["export"]
-    format: Literal["onnx", "onnx-int8", "bundle"] | None = Field(
-        None, description="default: onnx-int8 for a quantized model, else onnx")
-    size: tuple[int, int] | None = Field(None, description="fixed input (H, W); default: the report's size")
-    check_images: int = Field(8, ge=1, description="val images the export is checked on")
-    min_agreement: float = Field(0.98, gt=0, le=1, description="int8: least pixel agreement with PyTorch")
-
-
-STAGE_TYPES: dict[str, type[StrictModel]] = {
-    "train": TrainStage, "l1": TrainStage, "sparse": TrainStage, "threshold": ThresholdStage, "fold-bn": FoldStage,
-    "quantize": QuantizeStage, "export": ExportStage}
 PLANNED_KINDS = ("prune",)
-Stage = TrainStage | ThresholdStage | FoldStage | QuantizeStage | ExportStage
+
 
 
 class ReportSection(StrictModel):
@@ -118,27 +70,13 @@ def parse_stage(name: str, body: Any, source: str) -> Stage:
     kind = body.get("stage", name)
     if kind in PLANNED_KINDS:
         raise ConfigError(f"{where}: stage '{kind}' is not available in edgeseg {__version__} "
-                          f"(stages: {', '.join(STAGE_TYPES)})")
-    if kind not in STAGE_TYPES:
-        close = difflib.get_close_matches(str(kind), list(STAGE_TYPES), n=1)
+                          f"(stages: {', '.join(STAGES)})")
+    if kind not in STAGES:
+        close = difflib.get_close_matches(str(kind), list(STAGES), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{where}: unknown stage '{kind}' ({hint}stages: {', '.join(STAGE_TYPES)}; "
+        raise ConfigError(f"{where}: unknown stage '{kind}' ({hint}stages: {', '.join(STAGES)}; "
                           f"a stage named otherwise needs 'stage: KIND')")
-    return validate(STAGE_TYPES[kind], {**body, "stage": kind}, where)
-
-
-def stage_train_config(recipe: Recipe, name: str, spec: TrainStage, stage_dir: Path,
-                       init_from: str | None, source: str = "recipe") -> TrainConfig:
-    """The full training config of a training stage, validated."""
-    data = merge(recipe.train, spec.train)
-    data.update(name="run", runs_dir=str(stage_dir))
-    if init_from is not None:
-        data["model"] = {**data.get("model", {}), "init_from": init_from}
-    if spec.stage == "l1":
-        data["optimizer"] = {**data.get("optimizer", {}), "regularization": "l1"}
-    if spec.stage == "sparse":
-        data["sparsity"] = {**data.get("sparsity", {}), "sparse": True}
-    return validate(TrainConfig, data, f"{source}: stages.{name}.train")
+    return validate(STAGES[kind].spec, {**body, "stage": kind}, where)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, dict[str, Stage]]:
@@ -157,21 +95,15 @@ def check_recipe(raw: dict, source: str) -> tuple[Recipe, dict[str, Stage]]:
         raise ConfigError(f"{source}: 'stages' is empty")
     stages = {name: parse_stage(name, body, source) for name, body in recipe.stages.items()}
     first_name, first = next(iter(stages.items()))
-    if recipe.start is None and first.stage not in TRAINING_KINDS:
+    if recipe.start is None and STAGES[first.stage].needs_model:
         raise ConfigError(f"{source}: stages.{first_name}: a '{first.stage}' stage needs a model; "
                           f"begin with a training stage or set 'start: MODEL_DIR'")
     placeholder = recipe.start
     for name, spec in stages.items():
         if isinstance(spec, TrainStage):
-            stage_train_config(recipe, name, spec, recipe.directory, placeholder, source)
+            stage_train_config(recipe.train, spec, recipe.directory, placeholder, f"{source}: stages.{name}.train")
         if isinstance(spec, QuantizeStage) and spec.train is not None:
-            finetune_config(finetune_section(recipe, spec), recipe.directory, recipe.directory,
+            finetune_config(finetune_section(recipe.train, spec), recipe.directory, recipe.directory,
                             f"{source}: stages.{name}.train")
         placeholder = str(recipe.directory)
     return recipe, stages
-
-
-def finetune_section(recipe: Recipe, spec: QuantizeStage) -> dict:
-    """A quantize stage's fine-tuning keys: the recipe's train section, then the fine-tuning
-    defaults (epochs, lr), then the stage's own train section."""
-    return merge(merge(recipe.train, FINETUNE_DEFAULTS), spec.train or {})

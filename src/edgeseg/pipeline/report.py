@@ -15,6 +15,7 @@ from edgeseg.evaluate import evaluate
 from edgeseg.inference import load_predictor
 from edgeseg.models.model_dir import WEIGHTS_NAME
 from edgeseg.models.profile import profile_model
+from edgeseg.models.stride import round_up
 
 DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs", "size_bytes", "gzip_bytes",
               "latency_ms")
@@ -30,7 +31,7 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
     evaluation = evaluate(load_predictor(artifact or model_dir, device), dataset, num_workers=0)
     predictor = load_predictor(model_dir, torch.device("cpu"))
     stride = predictor.output_stride
-    profile = profile_model(predictor.model, tuple(-(-side // stride) * stride for side in size))
+    profile = profile_model(predictor.model, round_up(size, stride))
     if artifact is None:
         raw = (Path(model_dir) / WEIGHTS_NAME).read_bytes()
     else:
@@ -42,18 +43,10 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
         "sparsity": profile.sparsity, "conv_weights": sum(layer.weights for layer in profile.layers),
         "zero_weights": sum(layer.zeros for layer in profile.layers),
         "size_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0)),
-        "precision": precision(predictor.config.quantization, artifact is not None),
+        "precision": predictor.config.quantization.short(artifact is not None)
+                     if predictor.config.quantization else "fp32",
         "runtime": "onnxruntime" if artifact else "pytorch",
     }
-
-
-def precision(quantization: dict | None, exported: bool) -> str:
-    """'fp32', or the quantization spec in short: 'int8 float w8/a8 x86' ('sim' before export)."""
-    if quantization is None:
-        return "fp32"
-    spec = quantization["spec"]
-    return (f"{'int8' if exported else 'sim'} {spec['scheme']} w{spec['weight_bits']}/a{spec['activation_bits']} "
-            f"{spec['target']}")
 
 
 def measure_latencies(model_dirs: dict[str, object], size: tuple[int, int], runs: int) -> dict[str, dict]:

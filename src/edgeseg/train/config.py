@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from edgeseg.compress.quant.config import QuantizeConfig
+from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.sparsity import SparsityConfig
 from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
-from edgeseg.schema import StrictModel, load_yaml, validate
+from edgeseg.schema import StrictModel, apply_overrides, load_yaml, parse_value, validate  # noqa: F401
 
 
-SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ModelSection(StrictModel):
@@ -122,38 +119,6 @@ class TrainConfig(StrictModel):
             raise ValueError("weight_average: an average of the weights would not keep the sparsity or "
                              "quantization they are trained under; leave it unset with those")
         return self
-
-
-def parse_value(raw: str, item: str):
-    """YAML scalar/flow value; '1e-4' is a number (PyYAML's YAML 1.1 reads it as a string)."""
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"override '{item}': value is not valid YAML") from None
-    if isinstance(value, str) and SCIENTIFIC.fullmatch(value):
-        return float(value)
-    return value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict copy."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.epochs=5")
-        value = parse_value(raw, item)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -16,8 +16,9 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from edgeseg.compress.quant import attach_quantizers, quantization_spec
 from edgeseg.compress.quant.graph import low_bit_layout
+from edgeseg.models.quant_spec import QuantizationRecord
+from edgeseg.models.quantized import attach_quantizers
 from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
@@ -128,7 +129,8 @@ def attach_training_quantizers(config: TrainConfig, model: torch.nn.Module, mode
     size = tuple(-(-side // stride) * stride for side in model_config.input_size)
     points, follow, float_layers = low_bit_layout(model, size)
     attach_quantizers(model, quant, points, follow, float_layers)
-    model_config.quantization = quantization_spec(quant, points, follow, float_layers)
+    model_config.quantization = QuantizationRecord(spec=quant, points=points, follow=follow,
+                                                   float_layers=float_layers)
     return model
 
 

@@ -15,16 +15,15 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from edgeseg.compress.bn_fold import ChannelAffine
-from edgeseg.compress.quant.config import QuantizeConfig
-from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer
 from edgeseg.models.blocks import (AdaptiveAvgPool, Add, Concat, ConvBNAct, DepthToSpace, FixedBilinearDeconv,
                                    SpaceToDepth, Upsample)
+from edgeseg.models.folded import ChannelAffine
+from edgeseg.models.quant_spec import INPUT
+from edgeseg.models.quantizers import ActivationQuantizer
 
 GRID_KEEPING = (Upsample, SpaceToDepth, DepthToSpace)  # resizes and rearrangements stay on their input's grid
 OUTPUT_KINDS = (ConvBNAct, Add, Concat, *GRID_KEEPING, AdaptiveAvgPool, FixedBilinearDeconv, ChannelAffine,
                 nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.PReLU, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d)
-INPUT = "input"
 
 
 @torch.no_grad()
@@ -97,49 +96,6 @@ def low_bit_layout(model: nn.Module, input_size: tuple[int, int]) -> tuple[list[
     probe(model, handles, input_size)
     kept = [name for name in points if name in relu_blocks or name in rearranged]
     return kept, rearranged, sorted({*first, order[0], order[-1]})
-
-
-def _quantize_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-    return module.output_quantizer(output)
-
-
-def _quantize_input(module: nn.Module, args):
-    return (module.input_quantizer(args[0]), *args[1:])
-
-
-def attach_quantizers(model: nn.Module, config: QuantizeConfig, points: Iterable[str],
-                      follow: dict[str, str] | None = None, float_layers: Iterable[str] = ()) -> nn.Module:
-    """Give every ConvBNAct a weight quantizer, the model an input quantizer and each point an
-    output quantizer (disabled until calibrated); points in ``follow`` use the grid of the
-    point named there. ``float_layers`` (the first layers, when they stay in float as in
-    Blueoil) keep float weights, and the input then stays float too. Returns the model,
-    changed in place."""
-    float_layers = set(float_layers)
-    for name, module in model.named_modules():
-        if isinstance(module, ConvBNAct):
-            if not isinstance(module.bn, nn.Identity) and config.scheme != "low-bit":
-                raise ValueError("fold the BatchNorms (edgeseg fold-bn) before quantizing: the quantized weights "
-                                 "must be the ones an integer engine runs")
-            if name not in float_layers:
-                module.weight_quantizer = WeightQuantizer(config)
-    modules = dict(model.named_modules())
-    if not float_layers:
-        model.input_quantizer = ActivationQuantizer(config)
-        model.register_forward_pre_hook(_quantize_input)
-    for name in points:
-        if name not in modules:
-            raise ValueError(f"quantization point '{name}' is not a module of this model")
-        modules[name].output_quantizer = ActivationQuantizer(config)
-        if config.scheme == "low-bit":  # a fixed range: nothing to calibrate
-            modules[name].output_quantizer.enabled.fill_(1)
-        modules[name].register_forward_hook(_quantize_output)
-    for name, source in (follow or {}).items():
-        owner = model if source == INPUT else modules.get(source)
-        quantizer = getattr(owner, "input_quantizer" if source == INPUT else "output_quantizer", None)
-        if name not in points or quantizer is None:
-            raise ValueError(f"quantization point '{name}' follows '{source}', which is not quantized")
-        modules[name].output_quantizer.follow(quantizer)
-    return model
 
 
 def activation_quantizers(model: nn.Module) -> Iterator[tuple[str, ActivationQuantizer]]:

@@ -17,17 +17,17 @@ import torch
 from torch import nn
 
 from edgeseg.compress.bn_fold import fold_batchnorm
-from edgeseg.compress.quant.config import QuantizeConfig
 from edgeseg.compress.quant.graph import probe
-from edgeseg.compress.quant.quantizers import ActivationQuantizer, WeightQuantizer, binary_weight
 from edgeseg.models.blocks import ConvBNAct
+from edgeseg.models.quant_spec import QuantizationRecord, QuantizeConfig
+from edgeseg.models.quantizers import ActivationQuantizer, WeightQuantizer, binary_weight
 
 PER_CHANNEL_BINARY = QuantizeConfig(scheme="float", weight_bits=8, target="full-range")  # two levels, +-127
 
 
-def is_low_bit(quantization: dict | None) -> bool:
-    """Whether a model directory's quantization spec is the low-bit scheme."""
-    return bool(quantization) and quantization.get("spec", {}).get("scheme") == "low-bit"
+def is_low_bit(quantization: QuantizationRecord | None) -> bool:
+    """Whether a model directory's quantization record is the low-bit scheme."""
+    return quantization is not None and quantization.spec.scheme == "low-bit"
 
 
 @torch.no_grad()

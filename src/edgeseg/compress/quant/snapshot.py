@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgeseg.compress.quant.graph import activation_quantizers, probe
-from edgeseg.compress.quant.quantizers import ActivationQuantizer
+from edgeseg.models.quantizers import ActivationQuantizer
 from edgeseg.models.blocks import ConvBNAct
 
 

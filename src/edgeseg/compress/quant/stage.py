@@ -8,27 +8,21 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from edgeseg.compress.bn_fold import fold_batchnorm
-from edgeseg.compress.quant import QuantizeConfig, quantization_spec
 from edgeseg.compress.quant.bias_correction import correct_biases, input_channel_means
-from edgeseg.compress.quant.graph import (attach_quantizers, bake_weights, calibrate, low_bit_layout,
-                                          quantization_points)
+from edgeseg.compress.quant.graph import bake_weights, calibrate, low_bit_layout, quantization_points
 from edgeseg.compress.quant.snapshot import quantization_snapshot, snapshot_text
 from edgeseg.errors import ModelError
 from edgeseg.models.blocks import ConvBNAct
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
+from edgeseg.models.quant_spec import QuantizationRecord, QuantizeConfig
+from edgeseg.models.quantized import attach_quantizers
 from edgeseg.models.profile import trainable_convs
+from edgeseg.models.stride import pad_to_stride, round_up
 
 SNAPSHOT_TEXT = "snapshot_log.txt"
 SNAPSHOT_JSON = "snapshot_log.json"
-
-
-def pad_to_stride(image: torch.Tensor, stride: int) -> torch.Tensor:
-    """(..., H, W) zero-padded at the bottom/right to multiples of ``stride``."""
-    h, w = image.shape[-2:]
-    return F.pad(image, (0, (-w) % stride, 0, (-h) % stride))
 
 
 def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConfig,
@@ -52,7 +46,7 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
                          f"the BatchNorm (one scale per tensor), so quantize the model from before fold-bn")
     folded = None if loaded.config.batchnorm_folded or low_bit else fold_batchnorm(model).folded_into_conv
     zero_masks = {name: conv.weight == 0 for name, conv in trainable_convs(model)}
-    size = tuple(pad_to_stride(torch.zeros(1, *loaded.config.input_size), stride).shape[-2:])
+    size = round_up(loaded.config.input_size, stride)
     if low_bit:
         points, follow, float_layers = low_bit_layout(model, size)
     else:
@@ -79,10 +73,9 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
                "zeros_after": sum(int((conv.weight == 0).sum()) for _, conv in trainable_convs(model)),
                "zeros_revived": revived,
                "shift_violations": sum(row["shift_ok"] is False for row in snapshot["convs"])}
-    model_config = loaded.config.model_copy(update={
-        "batchnorm_folded": loaded.config.batchnorm_folded or not low_bit,
-        "quantization": quantization_spec(config, points, follow, float_layers),
-        "history": [*loaded.config.history, metrics]})
+    record = QuantizationRecord(spec=config, points=points, follow=follow, float_layers=float_layers)
+    model_config = loaded.config.with_stage(metrics, quantization=record.model_dump(mode="json"),
+                                            batchnorm_folded=loaded.config.batchnorm_folded or not low_bit)
     save_model_dir(model, model_config, out, extra_files={
         SNAPSHOT_TEXT: snapshot_text(snapshot), SNAPSHOT_JSON: json.dumps(snapshot, indent=1) + "\n"})
     return metrics

@@ -1,4 +1,4 @@
-"""The quantization spec: validated data stored in a model directory's config.json."""
+"""The quantization spec and record: validated data stored in a model directory's config.json."""
 
 from __future__ import annotations
 
@@ -72,3 +72,24 @@ class QuantizeConfig(StrictModel):
             return 1
         bits = self.weight_bits - 1 if self.target == "x86" and self.weight_bits == 8 else self.weight_bits
         return 2 ** (bits - 1) - 1
+
+
+INPUT = "input"  # the point name of the model input
+
+
+class QuantizationRecord(StrictModel):
+    """What config.json stores under ``quantization``: the spec and where it applies, found
+    once on the float model so that the quantized model rebuilds exactly."""
+
+    spec: QuantizeConfig
+    points: list[str] = Field(description="modules whose outputs are quantized, in the order they run")
+    follow: dict[str, str] = Field(
+        default_factory=dict, description="resizes that stay on the grid of the point that feeds them "
+                                          "(name -> that point, or 'input')")
+    float_layers: list[str] = Field(default_factory=list, description="convs that keep float weights")
+
+    def short(self, exported: bool) -> str:
+        """'int8 float w8/a8 x86' ('sim' instead of 'int8' before export)."""
+        spec = self.spec
+        return (f"{'int8' if exported else 'sim'} {spec.scheme} w{spec.weight_bits}/a{spec.activation_bits} "
+                f"{spec.target}")

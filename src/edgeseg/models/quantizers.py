@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgeseg.compress.quant.config import QuantizeConfig
+from edgeseg.models.quant_spec import QuantizeConfig
 
 SMALLEST_RANGE = 2.0 ** -24
 

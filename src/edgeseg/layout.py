@@ -1,0 +1,33 @@
+"""The names of the files and folders edgeseg writes: the contract between the command that
+writes a directory and every command that reads it (DESIGN.md section 2)."""
+
+# model directory
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# run directory (edgeseg train)
+RUN_CONFIG = "config.yaml"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tb"
+LAST_DIR = "last"
+BEST_DIR = "best"
+TRAIN_STATE = "state.json"
+
+# pipeline directory (edgeseg run)
+RECIPE_FILE = "recipe.yaml"
+STAGES_DIR = "stages"
+STAGE_SPEC = "spec.json"
+STAGE_METRICS = "metrics.json"
+STAGE_MODEL = "model"
+STAGE_RUN = "run"
+STAGE_WORK = "work"
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+# ONNX export and deploy bundle
+BUNDLE_MODEL = "model.onnx"
+BUNDLE_META = "meta.yaml"
+BUNDLE_RUNNER = "run.py"
+
+# an output directory's record of which command wrote it (see fileio.claim_output)
+OUTPUT_MARK = ".edgeseg-output.json"
