@@ -122,7 +122,7 @@ def test_cli_quantize_export_eval_bench_and_predict_the_onnx_file(tmp_path):
     assert "pixel agreement" in proc.stdout and (tmp_path / "q.onnx").is_file()
     proc = run_cli("eval", str(tmp_path / "q.onnx"), "--data", SPEC, "--json", str(tmp_path / "eval.json"), check=True)
     assert "mIoU" in proc.stdout
-    proc = run_cli("bench", str(tmp_path / "q"), str(tmp_path / "q.onnx"), "--size", "240", "--size", "320",
+    proc = run_cli("bench", str(tmp_path / "q"), str(tmp_path / "q.onnx"), "--size", "240", "320",
                    "--runs", "2", "--json", str(tmp_path / "bench.json"), check=True)
     assert "onnxruntime" in proc.stdout and "pytorch" in proc.stdout
     image = write_image(tmp_path / "in" / "a.png", np.random.default_rng(0).integers(0, 256, (240, 320, 3)))

@@ -138,3 +138,25 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
 def test_shipped_recipes_validate(path):
     recipe, stages = load_recipe(path)
     assert list(stages)[0] in recipe.stages and recipe.name == path.stem
+
+
+def test_pipeline_under_torchrun_trains_on_every_process(tmp_path):
+    """torchrun with 2 CPU processes: the training stages run DDP (half the steps per epoch),
+    threshold and fold-bn run once on rank 0, and rank 0 alone reports."""
+    recipe = dict(TINY_RECIPE, stages={"dense": {"stage": "train"},
+                                       "threshold": {"fraction_mid": 0.5, "value_max": 1.0, "value_maxratio": 1.0},
+                                       "sparse": {"train": {"epochs": 1}}, "fold": {"stage": "fold-bn",
+                                                                                    "check_images": 1}})
+    path = write_recipe(tmp_path, recipe)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgeseg",
+         "run", str(path)], capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "CI": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = tmp_path / "pipeline"
+    assert proc.stdout.count("pipeline directory:") == 1 and proc.stdout.count("stage 02-threshold: started") == 1
+    rows = (out / "stages" / "01-dense" / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[-1].split(",")[:2] == ["2", "4"]  # epoch 2 ends at step 4: 16 images / 2 ranks / batch 4
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["01-dense", "02-threshold", "03-sparse", "04-fold"]
+    assert report["stages"][2]["zero_weights"] == report["stages"][1]["zero_weights"]

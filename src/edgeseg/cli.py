@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -18,13 +18,44 @@ from edgeseg.errors import EdgesegError
 from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, ThresholdStage
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings=HELP_OPTIONS, rich_markup_mode=None,
                   help="Train, compress, export and run small fast segmentation models.")
-data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: the label doctor and list files.")
+data_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS, rich_markup_mode=None,
+                       help="Dataset tools: the label doctor and list files.")
 app.add_typer(data_app, name="data")
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+# markup off: our messages hold paths and "[val]"-like text that rich would take for tags
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)
 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
+ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all)")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                              help="print the edgeseg version and exit")) -> None:
+    """Train, compress, export and run small fast segmentation models."""
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for PyTorch and for the ONNX Runtime sessions made after."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def after_warmup(milliseconds: list[float]) -> float:
+    """The median time, leaving out the first (warm-up) run when there are others."""
+    times = sorted(milliseconds[1:] or milliseconds)
+    return times[len(times) // 2]
 
 
 def _pct(value: float | None) -> str:
@@ -82,15 +113,20 @@ def run_command(
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. stages.dense.train.epochs=5"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="pipeline directory (default: the recipe's out_dir)"),
 ) -> None:
-    """Run a staged pipeline (train, l1, threshold, sparse, fold-bn); resumable: run it again
-    to finish an interrupted one. Writes report.md and report.json in the pipeline directory."""
+    """Run a staged pipeline (train, l1, threshold, sparse, fold-bn, quantize, export);
+    resumable: run it again to finish an interrupted one. Writes report.md and report.json in
+    the pipeline directory. Under torchrun (torchrun --nproc_per_node=N -m edgeseg run R) the
+    training stages run on every process, the other stages on rank 0."""
+    from edgeseg.layout import REPORT_MD
     from edgeseg.pipeline import load_recipe, run_pipeline
 
     items = list(overrides or []) + ([f"out_dir={out_dir}"] if out_dir else [])
     loaded, stages = load_recipe(recipe, items)
     command = " ".join(["edgeseg run", str(recipe), *items])
-    run_pipeline(loaded, stages, command, log=lambda line: out.print(line, markup=False, soft_wrap=True))
-    out.print((loaded.directory / "report.md").read_text(encoding="utf-8"), markup=False, soft_wrap=True)
+    report = run_pipeline(loaded, stages, command, log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    if report is None:  # a torchrun process other than rank 0
+        return
+    out.print((loaded.directory / REPORT_MD).read_text(encoding="utf-8"), markup=False, soft_wrap=True)
     out.print(f"pipeline directory: {loaded.directory}")
 
 
@@ -180,6 +216,7 @@ def predict_command(
     with_overlay: bool = typer.Option(False, "--overlay", help="also write colour overlays"),
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
@@ -197,33 +234,40 @@ def predict_command(
     files = [f"{n}.png" for n in names] + [f"{n}_overlay.png" for n in names if with_overlay]
     files += [f"{'camera' + v if v.isdigit() else Path(v).stem}_overlay.mp4" for v in videos]
     check_files(out_dir, files, "predict", force)
+    set_threads(threads)
     predictor = load_predictor(model, resolve_device(device))
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
         result = predict_video(predictor, video, out_dir)
-        times = sorted(result.milliseconds)
         out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
-                  f"(median {times[len(times) // 2]:.1f} ms per frame on {predictor.device})")
+                  f"(median {after_warmup(result.milliseconds):.1f} ms per frame on {predictor.device})")
     if images:
         results = predict_images(predictor, paths, out_dir, with_overlay)
-        times = sorted(r.milliseconds for r in results)
-        out.print(f"wrote {len(results)} label maps to {out_dir} "
-                  f"(median {times[len(times) // 2]:.1f} ms per image on {predictor.device})")
+        out.print(f"wrote {len(results)} label maps to {out_dir} (median {after_warmup([r.milliseconds for r in results]):.1f}"
+                  f" ms per image on {predictor.device}{', first image left out as warm-up' if len(results) > 1 else ''})")
 
 
 @app.command("info")
 def info_command(
-    model: Path = typer.Argument(..., help="model directory"),
-    size: Optional[List[int]] = typer.Option(None, "--size", help="input height and width (default: the model's)"),
+    model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="input height and width (default: the "
+                                                                        "model's)"),
 ) -> None:
-    """Layers, parameters, MACs at the model's input size, and weight sparsity."""
+    """Layers, parameters, MACs at the model's input size, and weight sparsity; for an ONNX
+    file or bundle, its convs as the file holds them, its operators and its metadata."""
+    from edgeseg.layout import CONFIG_NAME
+
+    if model.suffix.lower() == ".onnx" or (model.is_dir() and not (model / CONFIG_NAME).exists()):
+        from edgeseg.export.onnx_profile import profile_onnx
+        from edgeseg.reports import print_onnx_profile
+
+        print_onnx_profile(profile_onnx(model), out)
+        return
     from edgeseg.models import load_model_dir
     from edgeseg.models.profile import profile_model
     from edgeseg.reports import print_profile
 
-    if size is not None and len(size) != 2:
-        raise typer.BadParameter("give --size twice: --size H --size W")
     loaded = load_model_dir(model)
     input_size = tuple(size) if size else tuple(loaded.config.input_size)
     print_profile(profile_model(loaded.model, input_size), loaded.config, out)
@@ -348,12 +392,13 @@ def export_command(
 @app.command("bench")
 def bench_command(
     models: List[Path] = typer.Argument(..., help="model directories, .onnx files or bundles (timed side by side)"),
-    size: Optional[List[int]] = typer.Option(None, "--size", help="input height and width (twice)"),
+    size: Optional[Tuple[int, int]] = typer.Option(None, "--size", help="input height and width"),
     runs: int = typer.Option(30, "--runs", min=1),
     images: Optional[Path] = typer.Option(None, "--images", help="also time end to end on this folder of images"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
     their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
@@ -366,8 +411,7 @@ def bench_command(
 
     if json_file:
         check_output(json_file, "bench", models, force, kind="file")
-    if size is not None and len(size) != 2:
-        raise typer.BadParameter("give --size twice: --size H --size W")
+    set_threads(threads)
     predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
     first = next(iter(predictors.values()))
     input_size = tuple(size) if size else tuple(getattr(first, "size", None) or first.config.input_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -35,6 +37,7 @@ def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_w
                            f"{dataset.classes.num_classes}")
     if len(dataset) == 0:
         raise DataError(f"split '{dataset.split}' has no images")
+    dataset = copy.copy(dataset)  # the caller's dataset keeps its own transform
     dataset.transform = EvalTransform(predictor.config.mean, predictor.config.std)
     rank, world_size = shard
     images = dataset if world_size == 1 else Subset(dataset, list(range(rank, len(dataset), world_size)))
@@ -44,7 +47,8 @@ def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_w
     batches = (len(images) + batch_size - 1) // batch_size
     for images, labels in track(loader, batches, f"eval {dataset.split}"):
         confusion.update(predictor.labels(images), labels.to(predictor.device))
-    confusion.all_reduce()
+    if world_size > 1:
+        confusion.all_reduce()
     result = confusion.summary(predictor.classes.names)
     result.update(num_images=len(dataset), split=dataset.split)
     return result

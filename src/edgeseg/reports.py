@@ -87,3 +87,23 @@ def print_profile(profile, config, console: Console) -> None:
                   f"GMACs {profile.macs / 1e9:.3f} (skipping zero weights: {profile.effective_macs / 1e9:.3f}); "
                   f"conv weight sparsity {100 * profile.sparsity:.1f} %; history: "
                   f"{', '.join(h.stage for h in config.history) or 'none'}", soft_wrap=True)
+
+
+def print_onnx_profile(profile, console: Console) -> None:
+    """An ONNX file's convs (as ``print_profile``), operator counts and metadata."""
+    table = Table(title=f"{profile.path}: opset {profile.opset}, input {profile.input_shape}, {profile.nodes} nodes")
+    for column in ("conv", "in>out", "k/s/d/g", "out size", "params", "MMACs", "sparsity %"):
+        table.add_column(column, justify="left" if column == "conv" else "right")
+    for conv in profile.convs:
+        size = f"{conv.output_size[0]}x{conv.output_size[1]}" if conv.output_size else "?"
+        table.add_row(conv.name, f"{conv.in_channels}>{conv.out_channels}",
+                      f"{conv.kernel[0]}/{conv.stride}/{conv.dilation}/{conv.groups}", size, f"{conv.params:,}",
+                      f"{conv.macs / 1e6:.1f}", f"{100 * conv.zeros / max(conv.params, 1):.1f}")
+    console.print(table)
+    params, zeros = sum(c.params for c in profile.convs), sum(c.zeros for c in profile.convs)
+    console.print(f"conv params {params:,}; GMACs {sum(c.macs for c in profile.convs) / 1e9:.3f}; conv weight "
+                  f"sparsity {100 * zeros / max(params, 1):.1f} %", soft_wrap=True)
+    console.print("operators: " + ", ".join(f"{op} {n}" for op, n in profile.op_counts.items()), soft_wrap=True)
+    shown = {k: v for k, v in profile.metadata.items() if k != "edgeseg_config"}
+    for key, value in shown.items():
+        console.print(f"{key}: {value if len(value) < 200 else value[:197] + '...'}", soft_wrap=True)

@@ -37,16 +37,32 @@ from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, T
                                      stage_train_config)
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
+from edgeseg.train import distributed
 from edgeseg.train.config import TrainConfig
 
 Log = Callable[[str], None]
 RUN_ONLY_KEYS = ("runs_dir", "device", "tensorboard", "log_every")
+PIPELINE_TIMEOUT_MINUTES = 24 * 60  # under torchrun the other ranks wait while rank 0 runs a stage
 
 
-def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edgeseg run", log: Log = print) -> dict:
+def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edgeseg run",
+                 log: Log = print) -> dict | None:
     """Run (or finish) every stage, measure each, write report.md and report.json; returns
-    the report. Settings are checked against earlier runs of the same directory first."""
-    out = recipe.directory
+    the report. Settings are checked against earlier runs of the same directory first.
+
+    Under torchrun every process calls this: the training stages run on all of them (DDP),
+    every other stage, the measurements and the report on rank 0 while the others wait; rank
+    0 returns the report, the others None. The pipeline directory must be on a file system
+    all processes share."""
+    process = distributed.start(recipe.report.device, timeout_minutes=PIPELINE_TIMEOUT_MINUTES)
+    try:
+        return _run(recipe, stages, command, log if process.is_main else (lambda _: None), process)
+    finally:
+        distributed.stop(process)
+
+
+def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, process) -> dict | None:
+    out, main = recipe.directory, process.is_main
     base = validate(TrainConfig, recipe.train, "recipe: train")
     plan = []  # (stage dir, settings, spec, name); index 0 is the start model when there is one
     if recipe.start is not None:
@@ -58,40 +74,54 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
     for stage_dir, settings, _, _ in plan:
         _check_unchanged(stage_dir, settings)
 
-    if not (out / RECIPE_FILE).is_file():  # a pipeline directory this command began is resumed
-        check_output(out, "run", [recipe.start] if recipe.start else [], kind="dir")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    dataset = open_source(base.data.spec).dataset(recipe.report.split, cache=True)
-    size = tuple(recipe.report.size) if recipe.report.size else tuple(dataset.read(0)[1].shape)
-    device = resolve_device(recipe.report.device)
+    size, measure = None, None
+    if main:
+        if not (out / RECIPE_FILE).is_file():  # a pipeline directory this command began is resumed
+            check_output(out, "run", [recipe.start] if recipe.start else [], kind="dir")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        dataset = open_source(base.data.spec).dataset(recipe.report.split, cache=True)
+        size = tuple(recipe.report.size) if recipe.report.size else tuple(dataset.read(0)[1].shape)
+        device = resolve_device(recipe.report.device)
 
-    def measure(model_dir: Path, artifact: str | None = None) -> dict:
-        return measure_model_dir(Path(model_dir), dataset, size, device, artifact)
+        def measure(model_dir: Path, artifact: str | None = None) -> dict:
+            return measure_model_dir(Path(model_dir), dataset, size, device, artifact)
 
     rows, models, upstream_ran, previous = [], {}, False, None
     for stage_dir, settings, spec, name in plan:
         if spec is None:
-            start = StageResult(Path(recipe.start), None, {"model": recipe.start})
-            rows.append(_finish(stage_dir, settings, log, lambda: (start, measure(recipe.start))))
-            models[stage_dir.name] = previous = recipe.start
+            if main:
+                start = StageResult(Path(recipe.start), None, {"model": recipe.start})
+                rows.append(_finish(stage_dir, settings, log, lambda: (start, measure(recipe.start))))
+                models[stage_dir.name] = recipe.start
+            previous = recipe.start
+            distributed.barrier(process)
             continue
-        if upstream_ran and stage_dir.exists():
-            log(f"stage {stage_dir.name}: built on an earlier stage that ran again, so it runs again too")
-            shutil.rmtree(stage_dir)
-        upstream_ran = upstream_ran or not (stage_dir / STAGE_METRICS).is_file()
+        rerun = upstream_ran and stage_dir.exists()
+        done = not rerun and (stage_dir / STAGE_METRICS).is_file()
+        upstream_ran = upstream_ran or not done
+        kind = STAGES[spec.stage]
         context = StageContext(work_dir=stage_dir, data=base.data.spec if isinstance(base.data.spec, str) else None,
                                split=recipe.report.split, size=size, train=recipe.train, log=log)
-        output = stage_dir / STAGES[spec.stage].output_name(spec)
+        output = stage_dir / kind.output_name(spec)
+        if main:
+            if rerun:
+                log(f"stage {stage_dir.name}: built on an earlier stage that ran again, so it runs again too")
+                shutil.rmtree(stage_dir)
 
-        def work(spec=spec, output=output, source=previous, context=context):
-            result = run_stage(spec, source, output, context)
-            return result, measure(result.model_dir, result.artifact)
+            def work(spec=spec, output=output, source=previous, context=context):
+                result = run_stage(spec, source, output, context)
+                return result, measure(result.model_dir, result.artifact)
 
-        row = _finish(stage_dir, settings, log, work)
-        rows.append(row)
-        models[stage_dir.name] = row["artifact"] or row["model_dir"]
-        previous = row["model_dir"]
+            row = _finish(stage_dir, settings, log, work)
+            rows.append(row)
+            models[stage_dir.name] = row["artifact"] or row["model_dir"]
+        elif not done and kind.every_rank:
+            run_stage(spec, previous, output, context)
+        previous = previous if kind.hands_on_source else str(output)
+        distributed.barrier(process)
+    if not main:
+        return None
     log(f"timing {len(models)} models side by side at {size[0]}x{size[1]}")
     latencies = measure_latencies(models, size, recipe.report.latency_runs)
     report = build_report(recipe.name, rows, latencies, recipe.report.split, command)

@@ -5,6 +5,7 @@ options and call the same function, so each setting has one default and one help
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRIC
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, Stage, ThresholdStage, TrainStage
 from edgeseg.schema import StrictModel, merge, validate
+from edgeseg.train import distributed
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import read_metrics_csv, train
 
@@ -61,6 +63,8 @@ def run_training(source: Path | None, spec: TrainStage, out: Path, ctx: StageCon
     run_dir = ctx.work_dir / config.name
     resume = _resumable(run_dir)
     result = train(config, resume_dir=resume, log=ctx.log)
+    if not result.is_main:  # under torchrun rank 0 alone writes
+        return StageResult(out, None, {"stage": spec.stage})
     if spec.kept == "best":
         atomic_replace_dir(lambda tmp: shutil.copytree(run_dir / BEST_DIR, tmp, dirs_exist_ok=True), out)
     else:
@@ -160,6 +164,8 @@ class StageKind:
     run: Callable[[Path | None, Any, Path, StageContext], StageResult]
     needs_model: bool
     summary: str
+    every_rank: bool = False  # under torchrun every process runs it (DDP training), else rank 0 alone
+    hands_on_source: bool = False  # its output is an artifact; the next stage starts from its source
 
     def output_name(self, spec: Any) -> str:
         """The name of the stage's output inside its pipeline stage directory."""
@@ -169,20 +175,23 @@ class StageKind:
 
 
 STAGES: dict[str, StageKind] = {
-    "train": StageKind(TrainStage, run_training, False, "train (from the previous stage's model, if any)"),
-    "l1": StageKind(TrainStage, run_training, False, "train with L1 regularisation (sparsity to come)"),
-    "sparse": StageKind(TrainStage, run_training, False, "fine-tune with the zero weights frozen"),
+    "train": StageKind(TrainStage, run_training, False, "train (from the previous stage's model, if any)", True),
+    "l1": StageKind(TrainStage, run_training, False, "train with L1 regularisation (sparsity to come)", True),
+    "sparse": StageKind(TrainStage, run_training, False, "fine-tune with the zero weights frozen", True),
     "threshold": StageKind(ThresholdStage, run_threshold, True, "zero the smallest weights per layer"),
     "fold-bn": StageKind(FoldStage, run_fold, True, "merge BatchNorms into the convs before them"),
     "quantize": StageKind(QuantizeStage, run_quantize, True, "post-training quantization, optional fine-tuning"),
-    "export": StageKind(ExportStage, run_export, True, "ONNX (fp32/int8) or a deploy bundle"),
+    "export": StageKind(ExportStage, run_export, True, "ONNX (fp32/int8) or a deploy bundle",
+                        hands_on_source=True),
 }
 
 
 def run_stage(spec: Stage, source: Path | None, out: Path, ctx: StageContext) -> StageResult:
     """Run one stage of the table; adds the wall time to its metrics as ``seconds``."""
     started = time.perf_counter()
-    result = STAGES[spec.stage].run(Path(source) if source is not None else None, spec, Path(out), ctx)
+    kind = STAGES[spec.stage]
+    with contextlib.nullcontext() if kind.every_rank else distributed.single_process():
+        result = kind.run(Path(source) if source is not None else None, spec, Path(out), ctx)
     result.metrics["seconds"] = time.perf_counter() - started
     return result
 
@@ -235,6 +244,6 @@ def _data_of(source: Path, ctx: StageContext) -> str:
 def _resumable(run_dir: Path) -> Path | None:
     if (run_dir / LAST_DIR / TRAIN_STATE).is_file():
         return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # killed before its first epoch ended: nothing to keep
+    if run_dir.exists():  # killed before its first epoch ended: nothing to keep (every rank may try)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return None

@@ -6,8 +6,11 @@ torch.distributed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -15,11 +18,15 @@ import torch.distributed as dist
 from edgeseg.runtime import resolve_device
 
 
+_SINGLE_PROCESS = False  # set by single_process(): train alone even under torchrun
+
+
 @dataclass(frozen=True)
 class Process:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # this start() made the process group, so its stop() ends it
 
     @property
     def is_main(self) -> bool:
@@ -30,23 +37,45 @@ class Process:
         return self.world_size > 1
 
 
-def start(device_name: str) -> Process:
-    """Join the torchrun process group when there is one (NCCL on CUDA, gloo on CPU)."""
+def start(device_name: str, timeout_minutes: float | None = None) -> Process:
+    """Join the torchrun process group when there is one (NCCL on CUDA, gloo on CPU); a group
+    already joined (by a pipeline running this training as a stage) is reused."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size <= 1 or _SINGLE_PROCESS:
         return Process(0, 1, resolve_device(device_name))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Process(dist.get_rank(), dist.get_world_size(), device)
+    owns = not dist.is_initialized()
+    if owns:
+        timeout = {"timeout": timedelta(minutes=timeout_minutes)} if timeout_minutes else {}
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **timeout)
+    return Process(dist.get_rank(), dist.get_world_size(), device, owns)
 
 
 def stop(process: Process) -> None:
-    if process.distributed and dist.is_initialized():
+    """Leave the process group if ``start`` made it."""
+    if process.distributed and process.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier(process: Process) -> None:
+    """Wait until every process gets here (nothing in a single process)."""
+    if process.distributed:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Within: training runs in this process alone even under torchrun (a pipeline stage that
+    rank 0 runs by itself, such as quantization-aware fine-tuning)."""
+    global _SINGLE_PROCESS
+    previous, _SINGLE_PROCESS = _SINGLE_PROCESS, True
+    try:
+        yield
+    finally:
+        _SINGLE_PROCESS = previous
 
 
 def sum_across(process: Process, *values: float) -> list[float]:
