@@ -68,7 +68,8 @@ def test_int8_export_runs_integer_kernels_and_agrees_with_the_simulation(models,
     assert metrics["weights_int8"] == convs and metrics["biases_int32"] == convs
     assert metrics["agreement"] >= 0.99 and abs(metrics["miou_drop"]) <= 0.01 and metrics["relative_diff"] < 0.05
     proto = onnx.load(str(out))
-    int8_weights = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    int8_weights = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer  # (zero points are 1-D)
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == convs and max(int(np.abs(w).max()) for w in int8_weights) == 63  # x86 target
     ops = optimized_ops(out, tmp_path)
     assert ops.count("QLinearConv") == convs and "QLinearAdd" in ops and "Conv" not in ops
@@ -79,7 +80,7 @@ def test_zero_weights_stay_zero_in_the_int8_file(models, tmp_path):
     export_onnx(models / "int8", out, True, (240, 320), check(models / "int8", 1))
     proto = onnx.load(str(out))
     zeros = sum(int((onnx.numpy_helper.to_array(i) == 0).sum()) for i in proto.graph.initializer
-                if i.data_type == onnx.TensorProto.INT8)
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)  # weights, not zero points
     quantized = load_model_dir(models / "int8").model
     assert zeros == sum(int((m.weight == 0).sum()) for m in quantized.modules() if isinstance(m, torch.nn.Conv2d))
 

@@ -332,9 +332,12 @@ def export_command(
     split: str = typer.Option("val", "--split"),
     images: int = typer.Option(8, "--images", min=1, help="images the export is checked on"),
     min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8: least pixel agreement with PyTorch"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="fp32 onnx: any height and width (multiples of the "
+                                                           "output stride) instead of a fixed size"),
 ) -> None:
     """Export MODEL to ONNX (fp32 or int8) or a deploy bundle; the export is run in ONNX Runtime
-    and checked against MODEL on real images before anything is written."""
+    (and an fp32 file of fixed size in OpenCV DNN) and checked against MODEL on real images
+    before anything is written."""
     from edgeseg.compress.sample_images import labelled_images
     from edgeseg.export.onnx import Tolerances, export_onnx
     from edgeseg.models.model_dir import read_model_config
@@ -343,6 +346,8 @@ def export_command(
         raise EdgesegError(f"--format: unknown format '{fmt}' (onnx, onnx-int8, bundle)")
     if size is not None and len(size) != 2:
         raise typer.BadParameter("give --size twice: --size H --size W")
+    if dynamic and fmt != "onnx":
+        raise EdgesegError(f"--dynamic: only for --format onnx (fp32); {fmt} files have a fixed input size")
     config = read_model_config(model)
     data = data or config.trained_on()
     if data is None:
@@ -360,12 +365,18 @@ def export_command(
             raise EdgesegError(f"{model}: " + ("not quantized; run 'edgeseg quantize' first" if not int8 else
                                               "is quantized; export it with --format onnx-int8"))
         target = out_path or model.with_suffix(".onnx")
-        metrics = export_onnx(model, target, int8, export_size, check, Tolerances(min_agreement=min_agreement))
+        metrics = export_onnx(model, target, int8, export_size, check, Tolerances(min_agreement=min_agreement),
+                              dynamic=dynamic)
     quality = (f"pixel agreement {100 * metrics['agreement']:.2f} %" if int8 else
                f"max |logit difference| {metrics['max_abs_diff']:.2e}")
     if "miou_drop" in metrics:
         quality += f", mIoU {100 * metrics['exported_miou']:.2f} vs {100 * metrics['reference_miou']:.2f} %"
-    out.print(f"wrote {target} ({metrics['format']}, {metrics['size'][0]}x{metrics['size'][1]}); checked on "
+    if "opencv_agreement" in metrics:
+        quality += f"; OpenCV DNN agrees with ONNX Runtime on {100 * metrics['opencv_agreement']:.2f} % of pixels"
+    shape = "{}x{}".format(*metrics["size"])
+    if metrics.get("dynamic"):
+        shape = "dynamic height and width, checked at " + ", ".join(f"{h}x{w}" for h, w in metrics["sizes_checked"])
+    out.print(f"wrote {target} ({metrics['format']}, {shape}); checked on "
               f"{metrics['check_images']} images of {data} [{split}]: {quality}")
 
 
