@@ -75,6 +75,18 @@ def test_int8_export_runs_integer_kernels_and_agrees_with_the_simulation(models,
     assert ops.count("QLinearConv") == convs and "QLinearAdd" in ops and "Conv" not in ops
 
 
+def test_int8_export_with_dynamic_size_runs_integer_kernels_at_other_sizes(models, tmp_path):
+    out = tmp_path / "dynamic.onnx"
+    metrics = export_onnx(models / "int8", out, True, (240, 320), check(models / "int8", 2), dynamic=True)
+    assert metrics["sizes_checked"] == [[256, 320], [288, 352]] and metrics["agreement"] >= 0.99
+    convs = sum(1 for _ in load_model_dir(models / "int8").model.modules() if isinstance(_, torch.nn.Conv2d))
+    assert optimized_ops(out, tmp_path).count("QLinearConv") == convs
+    predictor = OnnxPredictor.from_file(out)
+    reference = TorchPredictor.from_dir(models / "int8", torch.device("cpu"))
+    image = check(models / "int8", 1)[0][0][None, :, :200, :150]  # runs at 224x160
+    assert (predictor.labels(image) == reference.labels(image)).float().mean() >= 0.99
+
+
 def test_zero_weights_stay_zero_in_the_int8_file(models, tmp_path):
     out = tmp_path / "int8.onnx"
     export_onnx(models / "int8", out, True, (240, 320), check(models / "int8", 1))

@@ -168,4 +168,4 @@ def test_older_exports_with_every_value_json_encoded_still_load(exports):
 
 def test_cli_refuses_dynamic_for_fixed_size_formats(tmp_path):
     proc = run_cli("export", str(tmp_path / "model"), "--format", "bundle", "--dynamic")
-    assert "--dynamic: only for --format onnx" in error_line(proc)
+    assert "--dynamic: only for --format onnx or onnx-int8" in error_line(proc)

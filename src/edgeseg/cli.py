@@ -332,8 +332,8 @@ def export_command(
     split: str = typer.Option("val", "--split"),
     images: int = typer.Option(8, "--images", min=1, help="images the export is checked on"),
     min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8: least pixel agreement with PyTorch"),
-    dynamic: bool = typer.Option(False, "--dynamic", help="fp32 onnx: any height and width (multiples of the "
-                                                           "output stride) instead of a fixed size"),
+    dynamic: bool = typer.Option(False, "--dynamic", help="onnx, onnx-int8: any height and width (multiples of "
+                                                           "the output stride) instead of a fixed size"),
 ) -> None:
     """Export MODEL to ONNX (fp32 or int8) or a deploy bundle; the export is run in ONNX Runtime
     (and an fp32 file of fixed size in OpenCV DNN) and checked against MODEL on real images
@@ -346,8 +346,8 @@ def export_command(
         raise EdgesegError(f"--format: unknown format '{fmt}' (onnx, onnx-int8, bundle)")
     if size is not None and len(size) != 2:
         raise typer.BadParameter("give --size twice: --size H --size W")
-    if dynamic and fmt != "onnx":
-        raise EdgesegError(f"--dynamic: only for --format onnx (fp32); {fmt} files have a fixed input size")
+    if dynamic and fmt == "bundle":
+        raise EdgesegError("--dynamic: only for --format onnx or onnx-int8; a bundle has a fixed input size")
     config = read_model_config(model)
     data = data or config.trained_on()
     if data is None:
