@@ -127,7 +127,7 @@ def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxscript's optimizer: constants folded (shape arithmetic included where shapes are
     fixed), no-op and dead nodes removed, constants as initializers. QuantizeLinear and
     DequantizeLinear are never folded, so QDQ pairs stay for ONNX Runtime's integer kernels.
-    Metadata and opset are kept."""
+    The opset is kept; set metadata afterwards."""
     return onnxscript.optimizer.optimize(model)
 
 
