@@ -68,10 +68,23 @@ def test_int8_export_runs_integer_kernels_and_agrees_with_the_simulation(models,
     assert metrics["weights_int8"] == convs and metrics["biases_int32"] == convs
     assert metrics["agreement"] >= 0.99 and abs(metrics["miou_drop"]) <= 0.01 and metrics["relative_diff"] < 0.05
     proto = onnx.load(str(out))
-    int8_weights = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    int8_weights = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer  # (zero points are 1-D)
+                    if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) == convs and max(int(np.abs(w).max()) for w in int8_weights) == 63  # x86 target
     ops = optimized_ops(out, tmp_path)
     assert ops.count("QLinearConv") == convs and "QLinearAdd" in ops and "Conv" not in ops
+
+
+def test_int8_export_with_dynamic_size_runs_integer_kernels_at_other_sizes(models, tmp_path):
+    out = tmp_path / "dynamic.onnx"
+    metrics = export_onnx(models / "int8", out, True, (240, 320), check(models / "int8", 2), dynamic=True)
+    assert metrics["sizes_checked"] == [[256, 320], [288, 352]] and metrics["agreement"] >= 0.99
+    convs = sum(1 for _ in load_model_dir(models / "int8").model.modules() if isinstance(_, torch.nn.Conv2d))
+    assert optimized_ops(out, tmp_path).count("QLinearConv") == convs
+    predictor = OnnxPredictor.from_file(out)
+    reference = TorchPredictor.from_dir(models / "int8", torch.device("cpu"))
+    image = check(models / "int8", 1)[0][0][None, :, :200, :150]  # runs at 224x160
+    assert (predictor.labels(image) == reference.labels(image)).float().mean() >= 0.99
 
 
 def test_zero_weights_stay_zero_in_the_int8_file(models, tmp_path):
@@ -79,7 +92,7 @@ def test_zero_weights_stay_zero_in_the_int8_file(models, tmp_path):
     export_onnx(models / "int8", out, True, (240, 320), check(models / "int8", 1))
     proto = onnx.load(str(out))
     zeros = sum(int((onnx.numpy_helper.to_array(i) == 0).sum()) for i in proto.graph.initializer
-                if i.data_type == onnx.TensorProto.INT8)
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)  # weights, not zero points
     quantized = load_model_dir(models / "int8").model
     assert zeros == sum(int((m.weight == 0).sum()) for m in quantized.modules() if isinstance(m, torch.nn.Conv2d))
 

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeseg"
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ["edgeseg", "edgeseg.errors", "edgeseg.schema", "edgeseg.fileio", "edgeseg.layout", "edgeseg.runtime",
+    ["edgeseg", "edgeseg.errors", "edgeseg.schema", "edgeseg.fileio", "edgeseg.layout", "edgeseg.runtime", "edgeseg.onnx_metadata",
      "edgeseg.metrics"],
     ["edgeseg.data"],
     ["edgeseg.models"],

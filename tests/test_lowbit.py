@@ -19,7 +19,7 @@ from edgeseg.compress.quant.graph import bake_weights, low_bit_layout
 from edgeseg.compress.quant.lowbit import fold_low_bit
 from edgeseg.models.quantizers import ActivationQuantizer, WeightQuantizer
 from edgeseg.errors import ConfigError
-from edgeseg.export.onnx import _to_onnx
+from edgeseg.export.onnx import to_onnx
 from edgeseg.export.onnx_graph import clip_activation_levels, fold_weight_quantization, quantize_conv_biases
 from edgeseg.models import create_model, load_model_dir
 from edgeseg.models.profile import profile_model
@@ -134,7 +134,7 @@ def test_training_quantized_from_scratch_needs_the_low_bit_scheme(tmp_path):
 
 
 def engine_outputs(model, x, optimization):
-    proto = _to_onnx(copy.deepcopy(model), tuple(x.shape[-2:]))
+    proto = to_onnx(copy.deepcopy(model), tuple(x.shape[-2:]))
     fold_weight_quantization(proto)
     quantize_conv_biases(proto)
     clip_activation_levels(proto, 3)

@@ -15,6 +15,7 @@ from edgeseg.errors import ModelError
 from edgeseg.metrics import class_ids
 from edgeseg.models.model_dir import ModelConfig, load_model_dir
 from edgeseg.models.stride import pad_to_stride
+from edgeseg.onnx_metadata import read_metadata
 
 
 class TorchPredictor:
@@ -47,12 +48,11 @@ class TorchPredictor:
 
 class OnnxPredictor:
     """An edgeseg ONNX export run by ONNX Runtime (CPU, all graph optimisations), with the
-    same interface as TorchPredictor. The file's input size is fixed: smaller images are
-    zero-padded (the mean colour) and the logits cropped back."""
+    same interface as TorchPredictor. Images are zero-padded (the mean colour) at the bottom
+    and right to the file's fixed input size, or for a file with dynamic height and width
+    (``size`` None) to the output stride, and the logits cropped back."""
 
     def __init__(self, session, source: str) -> None:
-        from edgeseg.export.onnx_graph import read_metadata
-
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         if "edgeseg_config" not in meta:
             raise ModelError(f"{source}: not an edgeseg export (no edgeseg_config in its metadata)")
@@ -61,7 +61,8 @@ class OnnxPredictor:
         self.classes: ClassInfo = self.config.class_info()
         self.normalize = Normalize(self.config.mean, self.config.std)
         self.output_stride = self.config.output_stride
-        self.size = tuple(meta["input_size"])
+        dims = session.get_inputs()[0].shape[2:]
+        self.size = tuple(dims) if all(isinstance(d, int) for d in dims) else None
         self.precision = meta.get("precision", "fp32")
         self.device = torch.device("cpu")
         self.backend = "onnxruntime"
@@ -96,7 +97,8 @@ class OnnxPredictor:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        fh, fw = self.size
+        s = self.output_stride
+        fh, fw = self.size or (h + (-h) % s, w + (-w) % s)
         if h > fh or w > fw:
             raise ModelError(f"{self.source}: image {h}x{w} is larger than the model's fixed input {fh}x{fw}; "
                              f"export again with --size")

@@ -38,7 +38,8 @@ def write_bundle(model_dir: str | Path, out: str | Path, size: tuple[int, int] |
             "PRE_PROCESSOR": [{"DivideBy255": {}}, {"Normalize": {"mean": list(config.mean), "std": list(config.std)}},
                               {"PadBottomRight": {"to": metrics["size"], "value": 0.0}}],
             "POST_PROCESSOR": [{"CropToInput": {}}, {"ArgMax": {"axis": 1}}],
-            "QUANTIZATION": config.quantization.model_dump(mode="json") if config.quantization else None, "SOURCE_MODEL": str(model_dir),
+            "QUANTIZATION": config.quantization.model_dump(mode="json") if config.quantization else None,
+            "SOURCE_MODEL": Path(model_dir).name,
             "EXPORT_CHECK": {k: v for k, v in metrics.items() if k not in ("format", "size")},
             "EDGESEG_VERSION": config.edgeseg_version}
         (tmp / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")

@@ -32,7 +32,7 @@ class Segmenter:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        meta = {k: decode(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
         self.height, self.width = meta["input_size"]
         self.mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
         self.std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
@@ -59,6 +59,14 @@ class Segmenter:
     def overlay(self, rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         blended = rgb.astype(np.float32) * (1 - alpha) + self.colours[label].astype(np.float32) * alpha
         return blended.round().astype(np.uint8)
+
+
+def decode(value: str):
+    """A metadata value: lists and maps are JSON, other text is kept as it is."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def expand(inputs: list[str]) -> list[Path]:

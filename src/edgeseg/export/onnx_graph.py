@@ -1,12 +1,15 @@
 """Graph passes on exported ONNX models: int8 weights and int32 biases for the QDQ format that
-ONNX Runtime turns into integer kernels, and the metadata every edgeseg export carries."""
+ONNX Runtime turns into integer kernels, the optimizer every export goes through, and the
+metadata every edgeseg export carries."""
 
 from __future__ import annotations
 
-import json
+import re
+from pathlib import PureWindowsPath
 
 import numpy as np
 import onnx
+import onnxscript
 from onnx import numpy_helper
 
 INT32_MAX = 2 ** 31 - 1
@@ -119,22 +122,31 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def set_metadata(model: onnx.ModelProto, facts: dict) -> None:
-    """metadata_props: every fact JSON-encoded under its own key."""
-    del model.metadata_props[:]
-    for key, value in facts.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
+def optimize_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxscript's optimizer: constants folded (shape arithmetic included where shapes are
+    fixed), no-op and dead nodes removed, constants as initializers. QuantizeLinear and
+    DequantizeLinear are never folded, so QDQ pairs stay for ONNX Runtime's integer kernels.
+    The opset is kept; set metadata afterwards."""
+    return onnxscript.optimizer.optimize(model)
 
 
-def read_metadata(model_or_map) -> dict:
-    """The facts ``set_metadata`` wrote (from a ModelProto or ONNX Runtime's custom map)."""
-    if isinstance(model_or_map, onnx.ModelProto):
-        model_or_map = {entry.key: entry.value for entry in model_or_map.metadata_props}
-    facts = {}
-    for key, value in model_or_map.items():
-        try:
-            facts[key] = json.loads(value)
-        except json.JSONDecodeError:  # written by another tool
-            facts[key] = value
-    return facts
+_SPEC_PREFIX = re.compile(r"^([A-Za-z][\w-]+:)(.*)$")  # "camvid:PATH"; one letter is a drive
+
+
+def without_local_paths(value):
+    """``value`` (JSON-like) with every string that is a file path reduced to its last
+    component, a dataset spec's format kept ("camvid:/data/CamVid" -> "camvid:CamVid"). A
+    path is text that starts with / ~ or a drive letter, or has a slash and no spaces."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_local_paths(item) for item in value]
+    if not isinstance(value, str) or "://" in value:  # URLs are not local
+        return value
+    match = _SPEC_PREFIX.match(value)
+    prefix, rest = match.groups() if match else ("", value)
+    is_path = (rest.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[\\/]", rest)
+               or (re.search(r"[\\/]", rest) and not re.search(r"\s", rest)))
+    if not is_path:
+        return value
+    return prefix + (PureWindowsPath(rest).name or rest.strip("/\\~"))

@@ -123,8 +123,12 @@ class AdaptiveAvgPool(nn.Module):
 
     ONNX has no adaptive pooling for sizes the grid does not divide, so during ONNX export
     the same bins (rows floor(i H / g) .. ceil((i + 1) H / g), likewise columns) are computed
-    as two constant averaging matrices for the traced input size.
+    as two averaging matrices, constants of the graph for the traced input size. An export
+    with dynamic height and width sets ``dynamic_size``: the matrices are then computed from
+    the input's shape in the graph (arange and comparisons), exact at every size.
     """
+
+    dynamic_size = False
 
     def __init__(self, grid: int) -> None:
         super().__init__()
@@ -133,18 +137,27 @@ class AdaptiveAvgPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.onnx.is_in_onnx_export():
             return F.adaptive_avg_pool2d(x, self.grid)
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        rows = _averaging_matrix(h, self.grid, x.dtype, x.device)
-        cols = _averaging_matrix(w, self.grid, x.dtype, x.device)
+        h, w = x.shape[-2:]
+        if not self.dynamic_size:  # Python ints: every op building the matrices folds to a constant
+            h, w = int(h), int(w)
+        rows = averaging_matrix(h, self.grid, x.dtype)
+        cols = averaging_matrix(w, self.grid, x.dtype)
         return rows @ x @ cols.t()
 
 
-def _averaging_matrix(size: int, grid: int, dtype, device) -> torch.Tensor:
-    matrix = torch.zeros(grid, size, dtype=dtype, device=device)
-    for i in range(grid):
-        start, end = (i * size) // grid, -((-(i + 1) * size) // grid)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
+def averaging_matrix(size, grid: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (grid, size) matrix whose row i averages adaptive pooling's bin i:
+    columns floor(i size / grid) .. ceil((i + 1) size / grid) - 1 weigh 1 / bin length.
+
+    ``size`` may be a traced shape value: the matrix is then built by arange and comparisons
+    (no slice assignment, which traces to ScatterND chains some ONNX engines misread).
+    """
+    bins = torch.arange(grid, dtype=torch.int64)
+    start = torch.div(bins * size, grid, rounding_mode="trunc")  # all non-negative: trunc is floor
+    end = torch.div((bins + 1) * size + grid - 1, grid, rounding_mode="trunc")
+    columns = torch.arange(size)
+    inside = (columns[None, :] >= start[:, None]) & (columns[None, :] < end[:, None])
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
 
 
 class PoolConcatDownsample(nn.Module):

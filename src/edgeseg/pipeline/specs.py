@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgeseg.compress.specs import ThresholdConfig
 from edgeseg.models.quant_spec import QuantizeConfig
@@ -52,8 +52,16 @@ class ExportStage(StrictModel):
         None, description="onnx, onnx-int8 or bundle (default: onnx-int8 for a quantized model, else onnx)")
     size: tuple[ImageSide, ImageSide] | None = Field(None, description="fixed input height and width (default: the size of "
                                                            "the dataset's images)")
+    dynamic: bool = Field(False, description="onnx, onnx-int8: any height and width (multiples of the output "
+                                             "stride) instead of a fixed size")
     check_images: int = Field(8, ge=1, description="images the export is checked on")
     min_agreement: float = Field(0.98, gt=0, le=1, description="int8: least pixel agreement with PyTorch")
+
+    @model_validator(mode="after")
+    def _bundles_are_fixed(self):
+        if self.dynamic and self.format == "bundle":
+            raise ValueError("dynamic: only for format onnx or onnx-int8; a bundle has a fixed input size")
+        return self
 
 
 Stage = TrainStage | ThresholdStage | FoldStage | QuantizeStage | ExportStage

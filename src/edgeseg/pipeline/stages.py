@@ -135,15 +135,22 @@ def run_export(source: Path, spec: ExportStage, out: Path, ctx: StageContext) ->
     check = labelled_images(source, data, ctx.split, spec.check_images)
     tolerances = Tolerances(min_agreement=spec.min_agreement)
     size = tuple(spec.size) if spec.size else ctx.size
+    if size and not spec.dynamic:  # a check image larger than the file's fixed input is cropped to it
+        check = [(image[..., :size[0], :size[1]], None if label is None else label[..., :size[0], :size[1]])
+                 for image, label in check]
     if fmt == "bundle":
         metrics = write_bundle(source, out, size, check, tolerances)
     else:
-        metrics = export_onnx(source, out, int8, size, check, tolerances)
-    ctx.log(f"export: wrote {out} ({fmt}, {metrics['size'][0]}x{metrics['size'][1]}); "
+        metrics = export_onnx(source, out, int8, size, check, tolerances, dynamic=spec.dynamic)
+    shape = ("dynamic height and width, checked at " + ", ".join(f"{h}x{w}" for h, w in metrics["sizes_checked"])
+             if metrics.get("dynamic") else f"{metrics['size'][0]}x{metrics['size'][1]}")
+    ctx.log(f"export: wrote {out} ({fmt}, {shape}); "
             + (f"pixel agreement with PyTorch {100 * metrics['agreement']:.2f} %" if int8 else
                f"max |logit difference| {metrics['max_abs_diff']:.2e}")
             + (f", mIoU {100 * metrics['exported_miou']:.2f} vs {100 * metrics['reference_miou']:.2f} %"
                if "miou_drop" in metrics else "")
+            + (f"; OpenCV DNN agrees with ONNX Runtime on {100 * metrics['opencv_agreement']:.2f} % of pixels"
+               if "opencv_agreement" in metrics else "")
             + f" on {metrics['check_images']} images of {data} [{ctx.split}]")
     return StageResult(source, out, {"stage": "export", **metrics, "format": fmt})
 
