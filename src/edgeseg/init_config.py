@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from edgeseg.data.spec import FORMATS
-from edgeseg.models import list_models
+from edgeseg.models.stride import fits_stride, round_up
+from edgeseg.models.zoo import create_model, list_models
 from edgeseg.train.config import TrainConfig
 from edgeseg.schema import validate
 
@@ -42,6 +44,8 @@ def questions() -> list[Question]:
 def build_config(answers: dict[str, str]) -> dict:
     """The training config (as a dict, already validated) for a set of answers."""
     fmt = answers["format"]
+    if fmt != "synthetic" and not Path(answers["path"]).expanduser().exists():
+        raise ValueError(f"dataset path {answers['path']}: not found")
     val_fraction = float(answers["val_fraction"])
     if fmt == "synthetic":
         spec: str | dict = f"synthetic:{answers['path']}" if answers["path"].isdigit() else "synthetic"
@@ -49,7 +53,15 @@ def build_config(answers: dict[str, str]) -> dict:
         spec = {"format": fmt, "root": answers["path"], "val_fraction": val_fraction}
     else:
         spec = f"{fmt}:{answers['path']}"
-    height, width = (int(v) for v in answers["crop"].replace("x", " ").split())
+    try:
+        height, width = (int(v) for v in answers["crop"].replace("x", " ").split())
+    except ValueError:
+        raise ValueError(f"crop '{answers['crop']}': expected 'HEIGHT WIDTH', e.g. '240 320'") from None
+    stride = create_model(answers["model"], 2).output_stride
+    if not fits_stride((height, width), stride):
+        fitted = round_up((height, width), stride)
+        raise ValueError(f"crop {height}x{width}: '{answers['model']}' needs multiples of its output stride {stride} "
+                         f"(e.g. {fitted[0]} {fitted[1]})")
     wanted = {a.strip() for a in answers["augment"].split(",") if a.strip()}
     unknown = wanted - set(AUGMENTATIONS)
     if unknown:
