@@ -22,7 +22,7 @@ from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import real_check_images
 from edgeseg.data.spec import open_dataset
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation import evaluate
 from edgeseg.export.onnx import export_onnx
 from edgeseg.inference import OnnxPredictor, load_predictor
 

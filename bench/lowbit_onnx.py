@@ -20,7 +20,7 @@ import torch
 from edgeseg.benchmark import measure_side_by_side
 from edgeseg.compress.sample_images import labelled_images
 from edgeseg.data.spec import open_dataset
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation import evaluate
 from edgeseg.export.onnx import export_onnx
 from edgeseg.inference import OnnxPredictor, load_predictor
 from edgeseg.models import load_model_dir

@@ -20,7 +20,7 @@ import torch
 
 from edgeseg.compress.threshold import ThresholdConfig, threshold_model_dir
 from edgeseg.data.spec import open_dataset
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation import evaluate
 from edgeseg.inference import load_predictor
 
 

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from edgeseg.data.spec import open_source
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.models import create_model
-from edgeseg.train.checkpoint import save_training_state
-from edgeseg.train.config import load_train_config
-from edgeseg.train.losses import pixel_loss
-from edgeseg.train.loop import (build_optimizer, cpu_bfloat16, loss_weights, read_metrics_csv, train,
+from edgeseg.training.checkpoint import save_training_state
+from edgeseg.training.config import load_train_config
+from edgeseg.training.losses import pixel_loss
+from edgeseg.training.loop import (build_optimizer, cpu_bfloat16, loss_weights, read_metrics_csv, train,
                                 training_autocast, training_memory_format)
 
 

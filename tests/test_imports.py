@@ -17,9 +17,9 @@ LAYERS = [
      "edgeseg.metrics"],
     ["edgeseg.data"],
     ["edgeseg.models"],
-    ["edgeseg.inference", "edgeseg.evaluate", "edgeseg.predict", "edgeseg.benchmark", "edgeseg.plots"],
+    ["edgeseg.inference", "edgeseg.evaluation", "edgeseg.predict", "edgeseg.benchmark", "edgeseg.plots"],
     ["edgeseg.compress"],
-    ["edgeseg.train"],
+    ["edgeseg.training"],
     ["edgeseg.export"],
     ["edgeseg.pipeline"],
     ["edgeseg.cli", "edgeseg.cli_options", "edgeseg.__main__", "edgeseg.demo", "edgeseg.reports", "edgeseg.init_config", "edgeseg.api",
@@ -135,7 +135,7 @@ def test_loading_a_model_directory_imports_no_compression_pass():
     import sys
 
     code = ("import sys; import edgeseg.models.model_dir; "
-            "print(sorted(m for m in sys.modules if m.startswith(('edgeseg.compress', 'edgeseg.train', "
+            "print(sorted(m for m in sys.modules if m.startswith(('edgeseg.compress', 'edgeseg.training', "
             "'edgeseg.export', 'edgeseg.pipeline'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

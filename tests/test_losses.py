@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.train.losses import HardPixelCrossEntropy, pixel_loss
+from edgeseg.training.losses import HardPixelCrossEntropy, pixel_loss
 
 IGNORE = 255
 

@@ -24,8 +24,8 @@ from edgeseg.export.onnx_graph import clip_activation_levels, fold_weight_quanti
 from edgeseg.models import create_model, load_model_dir
 from edgeseg.models.profile import profile_model
 from edgeseg.schema import validate
-from edgeseg.train.config import load_train_config
-from edgeseg.train.loop import train
+from edgeseg.training.config import load_train_config
+from edgeseg.training.loop import train
 
 LOW_BIT = QuantizeConfig(scheme="low-bit")
 

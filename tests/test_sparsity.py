@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from edgeseg.compress.sparsity import SparsityConfig, SparsityControl, conv_layers, zero_fractions
-from edgeseg.train.config import load_train_config
-from edgeseg.train.loop import build_optimizer, train
+from edgeseg.training.config import load_train_config
+from edgeseg.training.loop import build_optimizer, train
 
 
 def small_net() -> torch.nn.Sequential:

@@ -9,10 +9,10 @@ import torch
 from conftest import error_line, run_cli
 from edgeseg.errors import ConfigError
 from edgeseg.models import load_model_dir
-from edgeseg.train.checkpoint import load_training_state, save_training_state
-from edgeseg.train.config import ScheduleSection, apply_overrides, load_train_config
-from edgeseg.train.loop import read_metrics_csv, train
-from edgeseg.train.schedules import lr_factor
+from edgeseg.training.checkpoint import load_training_state, save_training_state
+from edgeseg.training.config import ScheduleSection, apply_overrides, load_train_config
+from edgeseg.training.loop import read_metrics_csv, train
+from edgeseg.training.schedules import lr_factor
 
 TINY = ["data.spec=synthetic:8", "augment.crop=[64,96]", "batch_size=4", "model.args={width: 4}",
         "data.num_workers=0", "seed=3", "deterministic=true"]
@@ -145,7 +145,7 @@ def test_phase_mistakes_are_config_errors(tmp_path):
                          ids=lambda p: p.name)
 def test_shipped_configs_are_valid_for_their_models(path):
     from edgeseg.models import create_model
-    from edgeseg.train.loop import check_crops
+    from edgeseg.training.loop import check_crops
 
     config = load_train_config(path)
     check_crops(config, create_model(config.model.name, 11, **config.model.args).output_stride)
@@ -162,7 +162,7 @@ def test_tensorboard_events_and_inline_dataset_mapping(tmp_path):
 def test_pretrained_weights_from_a_local_model_dir(tmp_path):
     from edgeseg.data.classes import CAMVID, generic_classes
     from edgeseg.models import create_model, model_config_for, save_model_dir
-    from edgeseg.train.pretrained import load_pretrained
+    from edgeseg.training.pretrained import load_pretrained
 
     source = create_model("basic_encdec", num_classes=11, width=4)
     path = save_model_dir(source, model_config_for(source, CAMVID, (64, 64)), tmp_path / "m")
@@ -179,7 +179,7 @@ def test_pretrained_weights_from_a_local_model_dir(tmp_path):
 
 
 def test_defaults_file_is_the_schema(tmp_path):
-    from edgeseg.train.config import TrainConfig, defaults_yaml
+    from edgeseg.training.config import TrainConfig, defaults_yaml
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml"
     assert shipped.read_text() == defaults_yaml(), "regenerate: edgeseg train --defaults > configs/defaults.yaml"
@@ -232,7 +232,7 @@ def test_two_process_gloo_ddp_run(tmp_path):
 
 
 def test_cpu_amp_runs_the_forward_in_bfloat16_and_trains(tmp_path):
-    from edgeseg.train.loop import training_autocast
+    from edgeseg.training.loop import training_autocast
 
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(1, 3, 8, 8)
@@ -249,7 +249,7 @@ def test_cpu_amp_runs_the_forward_in_bfloat16_and_trains(tmp_path):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_amp_auto_follows_the_cpus_bfloat16_support(monkeypatch, native):
-    import edgeseg.train.loop as loop
+    import edgeseg.training.loop as loop
 
     monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: native)
     conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
@@ -262,7 +262,7 @@ def test_cpu_amp_auto_follows_the_cpus_bfloat16_support(monkeypatch, native):
 
 
 def test_weight_average_follows_its_formula():
-    from edgeseg.train.weight_average import WeightAverage
+    from edgeseg.training.weight_average import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
     average = WeightAverage(model, decay=0.5)

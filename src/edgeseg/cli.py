@@ -85,8 +85,8 @@ def train_command(
     """Train a model; prints the run directory (config.yaml, metrics.csv, tb/, last/, best/).
 
     Multi-GPU / multi-node: torchrun --nproc_per_node=N -m edgeseg train CONFIG."""
-    from edgeseg.train.config import defaults_yaml, load_train_config
-    from edgeseg.train.loop import train
+    from edgeseg.training.config import defaults_yaml, load_train_config
+    from edgeseg.training.loop import train
 
     if defaults:
         out.file.write(defaults_yaml())
@@ -191,7 +191,7 @@ def eval_command(
 ) -> None:
     """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU)."""
     from edgeseg.data.spec import open_dataset
-    from edgeseg.evaluate import evaluate
+    from edgeseg.evaluation import evaluate
     from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.inference import load_predictor
     from edgeseg.runtime import resolve_device

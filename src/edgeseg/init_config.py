@@ -9,7 +9,7 @@ from typing import Callable
 from edgeseg.data.spec import FORMATS
 from edgeseg.models.stride import fits_stride, round_up
 from edgeseg.models.zoo import create_model, list_models
-from edgeseg.train.config import TrainConfig
+from edgeseg.training.config import TrainConfig
 from edgeseg.schema import validate
 
 SCHEDULES = ["poly", "cosine", "constant", "step", "multistep", "2-step-decay", "3-step-decay"]

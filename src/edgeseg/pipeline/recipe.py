@@ -34,7 +34,7 @@ from edgeseg.errors import ConfigError
 from edgeseg.pipeline.specs import QuantizeStage, Stage, TrainStage
 from edgeseg.pipeline.stages import STAGES, finetune_config, finetune_section, stage_train_config
 from edgeseg.schema import StrictModel, load_yaml, validate
-from edgeseg.train.config import TrainConfig, apply_overrides
+from edgeseg.training.config import TrainConfig, apply_overrides
 
 PLANNED_KINDS = ("prune",)
 

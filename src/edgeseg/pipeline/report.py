@@ -11,7 +11,7 @@ import torch
 
 from edgeseg import __version__
 from edgeseg.benchmark import measure_side_by_side
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation import evaluate
 from edgeseg.inference import load_predictor
 from edgeseg.models.model_dir import WEIGHTS_NAME
 from edgeseg.models.profile import profile_model

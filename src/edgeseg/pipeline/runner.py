@@ -37,8 +37,8 @@ from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, T
                                      stage_train_config)
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
-from edgeseg.train import distributed
-from edgeseg.train.config import TrainConfig
+from edgeseg.training import distributed
+from edgeseg.training.config import TrainConfig
 
 Log = Callable[[str], None]
 RUN_ONLY_KEYS = ("runs_dir", "device", "tensorboard", "log_every")

@@ -25,9 +25,9 @@ from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRIC
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, Stage, ThresholdStage, TrainStage
 from edgeseg.schema import StrictModel, merge, validate
-from edgeseg.train import distributed
-from edgeseg.train.config import TrainConfig
-from edgeseg.train.loop import read_metrics_csv, train
+from edgeseg.training import distributed
+from edgeseg.training.config import TrainConfig
+from edgeseg.training.loop import read_metrics_csv, train
 
 Log = Callable[[str], None]
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": {"lr": 1e-5}, "eval_every": 1}

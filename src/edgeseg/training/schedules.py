@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from edgeseg.train.config import ScheduleSection
+from edgeseg.training.config import ScheduleSection
 
 
 def lr_factor(schedule: ScheduleSection, step: int, steps_per_epoch: int, epochs: int) -> float:

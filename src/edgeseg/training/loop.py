@@ -24,20 +24,20 @@ from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
 from edgeseg.data.transforms import TrainTransform
 from edgeseg.errors import ConfigError, EdgesegError
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation import evaluate
 from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.model_dir import flush_subnormals_
 from edgeseg.runtime import cpu_has_native_bfloat16, track
-from edgeseg.train import distributed
-from edgeseg.train.checkpoint import load_training_state, save_training_state
-from edgeseg.train.config import TrainConfig
-from edgeseg.train.losses import pixel_loss
-from edgeseg.train.pretrained import load_pretrained
-from edgeseg.train.schedules import lr_factor
-from edgeseg.train.tblog import TensorBoardLog
-from edgeseg.train.weight_average import WeightAverage
+from edgeseg.training import distributed
+from edgeseg.training.checkpoint import load_training_state, save_training_state
+from edgeseg.training.config import TrainConfig
+from edgeseg.training.losses import pixel_loss
+from edgeseg.training.pretrained import load_pretrained
+from edgeseg.training.schedules import lr_factor
+from edgeseg.training.tblog import TensorBoardLog
+from edgeseg.training.weight_average import WeightAverage
 
 CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_acc", "epoch_seconds", "train_images_per_s"]
 
