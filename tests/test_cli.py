@@ -12,6 +12,7 @@ from edgeseg.data.classes import CAMVID
 from edgeseg.data.spec import open_dataset
 from edgeseg.data.transforms import EvalTransform
 from edgeseg.models import create_model, model_config_for, save_model_dir
+from edgeseg.predict import overlay
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,9 @@ def test_predict_writes_paletted_labels_for_files_folders_globs_and_lists(model_
         written = Image.open(tmp_path / "a" / f"im{i}.png")
         assert written.mode == "P" and written.getpalette()[:6] == [128, 128, 128, 128, 0, 0]
         assert (np.asarray(written) == expected[i]).all()
-        overlay = Image.open(tmp_path / "a" / f"im{i}_overlay.png")
-        assert overlay.size == (56, 40) and overlay.mode == "RGB"
+        shown = Image.open(tmp_path / "a" / f"im{i}_overlay.png")
+        assert shown.mode == "RGB" and shown.size[0] >= 56 and shown.size[1] > 40  # the legend strip below
+        assert np.array_equal(np.asarray(shown)[:40, :56], overlay(images[i], expected[i].astype(np.uint8), CAMVID))
 
     run_cli("predict", str(model_dir), str(tmp_path / "in" / "im1*.png"), str(tmp_path / "in" / "list.txt"),
             "--out", str(tmp_path / "b"), check=True)
