@@ -145,11 +145,13 @@ def eval_command(
     model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
     data: str = typer.Option(..., "--data", help="dataset spec, e.g. camvid:PATH or synthetic"),
     split: str = typer.Option("val", "--split"),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics and confusion matrix as JSON"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw the confusion matrix into this PNG"),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     device: str = DeviceOption,
 ) -> None:
-    """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU)."""
+    """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU,
+    confusion matrix: rows ground truth, columns prediction)."""
     from edgeseg.data.spec import open_dataset
     from edgeseg.evaluate import evaluate
     from edgeseg.fileio import atomic_write_json
@@ -163,6 +165,13 @@ def eval_command(
     print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
     if json_file:
         atomic_write_json(json_file, result)
+    if plot:
+        from edgeseg.fileio import atomic_write_bytes
+        from edgeseg.plots import confusion
+
+        title = f"{model} on {data} [{split}], {result['num_images']} images"
+        atomic_write_bytes(plot, confusion(result["confusion"], list(result["per_class_iou"]), title))
+        out.print(f"wrote {plot}")
 
 
 @app.command("predict")
@@ -414,6 +423,7 @@ def data_check(
     split: Optional[List[str]] = typer.Option(None, "--split", help="split(s) to check (default: all)"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     show: int = typer.Option(20, "--show", help="problems listed per split"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw the class shares per split into this PNG"),
 ) -> None:
     """The label doctor: class shares, suggested class weights and every problem found."""
     from edgeseg.data.doctor import check_dataset
@@ -426,6 +436,12 @@ def data_check(
         from edgeseg.fileio import atomic_write_json
 
         atomic_write_json(json_file, doctor_json(report))
+    if plot:
+        from edgeseg.fileio import atomic_write_bytes
+        from edgeseg.plots import class_shares
+
+        atomic_write_bytes(plot, class_shares(report))
+        out.print(f"wrote {plot}")
     if not report.clean:
         raise typer.Exit(1)
 
