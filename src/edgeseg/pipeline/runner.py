@@ -38,7 +38,8 @@ from edgeseg.export.onnx import Tolerances, export_onnx
 from edgeseg.pipeline.quantize import run_quantize
 from edgeseg.pipeline.recipe import (ExportStage, FoldStage, QuantizeStage, Recipe, Stage, ThresholdStage, TrainStage,
                                      finetune_section, stage_train_config)
-from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown
+from edgeseg.pipeline.report import (build_report, measure_latencies, measure_model_dir, report_markdown,
+                                     stage_pictures)
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
 from edgeseg.train.config import TrainConfig
@@ -98,7 +99,7 @@ def run_pipeline(recipe: Recipe, stages: dict[str, Stage], command: str = "edges
     latencies = measure_latencies(models, size, recipe.report.latency_runs)
     report = build_report(recipe.name, rows, latencies, recipe.report.split, command)
     atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
+    atomic_write_text(out / "report.md", report_markdown(report, stage_pictures(out, rows, recipe.report.split)))
     return report
 
 
