@@ -98,7 +98,7 @@ def confusion(matrix, class_names: list[str] | tuple[str, ...], title: str = "")
     with np.errstate(invalid="ignore", divide="ignore"):
         percent = np.where(row_totals[:, None] > 0, 100 * counts / row_totals[:, None], np.nan)
     side = min(max(4.5, 0.55 * n + 2.8), 24)
-    figure = _figure(side + 0.8, side)
+    figure = _figure(side + 0.8, side - 0.5)
     ax = figure.subplots()
     image = ax.imshow(np.nan_to_num(percent), cmap="Blues", vmin=0, vmax=100, aspect="equal")
     font = 9 if n <= 12 else 7 if n <= 24 else 5
