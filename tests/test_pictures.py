@@ -119,3 +119,13 @@ def test_report_embeds_the_stage_pictures_by_links_that_exist(tmp_path):
     assert len(links) == 3 and all((out / link).is_file() for link in links)
     assert png_size((out / "stages" / "01-dense" / "confusion.png").read_bytes())[0] >= 400
     assert "![" not in report_markdown(report)  # no pictures asked for, none shown
+
+
+def test_only_drawing_imports_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeseg.cli, edgeseg.predict, edgeseg.train.loop, edgeseg.pipeline.runner, "
+            "edgeseg.export.bundle_run; print('matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
