@@ -146,7 +146,11 @@ def report_markdown(report: dict, pictures: dict[str, list[tuple[str, str]]] | N
     for s in report["stages"]:
         cells = ["-" if s["per_class_iou"][c] is None else f"{100 * s['per_class_iou'][c]:.1f}" for c in classes]
         lines.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    if any((pictures or {}).values()):
+        lines += ["", "## Pictures"]
     for stage, shown in (pictures or {}).items():
         if shown:
-            lines += ["", f"## {stage}", ""] + [f"![{stage}: {caption}]({path})" for caption, path in shown]
+            lines += ["", f"### {stage}"]
+            for caption, path in shown:
+                lines += ["", f"![{stage}: {caption}]({path})"]
     return "\n".join(lines) + "\n"
