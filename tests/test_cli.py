@@ -12,6 +12,7 @@ from edgeseg.data.classes import CAMVID
 from edgeseg.data.spec import open_dataset
 from edgeseg.data.transforms import EvalTransform
 from edgeseg.models import create_model, model_config_for, save_model_dir
+from edgeseg.predict import overlay
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_eval_json_matches_independent_computation(model_dir, tmp_path):
     spec = str(tmp_path / "s.yaml")
     (tmp_path / "s.yaml").write_text("format: synthetic\nnum_images: 4\nheight: 64\nwidth: 92\n")
     proc = run_cli("eval", str(model_dir), "--data", spec, "--split", "val", "--json", str(tmp_path / "m.json"),
-                   "--device", "cpu", check=True)
+                   "--plot", str(tmp_path / "confusion.png"), "--device", "cpu", check=True)
     assert "mIoU" in proc.stdout
     result = json.loads((tmp_path / "m.json").read_text())
     for key in ("miou", "pixel_acc", "mean_acc", "per_class_iou", "num_images", "split", "model"):
@@ -67,6 +68,14 @@ def test_eval_json_matches_independent_computation(model_dir, tmp_path):
     pairs = [ds[i] for i in range(len(ds))]
     preds = reference_predictions(model_dir, [p[0] for p in pairs])  # 92 % 8 != 0: eval must pad
     assert result["miou"] == pytest.approx(numpy_miou(preds, [p[1] for p in pairs], 11), abs=1e-9)
+    counted = np.zeros((11, 11), np.int64)  # rows ground truth, columns prediction, void left out
+    for pred, (_, truth) in zip(preds, pairs):
+        for t in range(11):
+            for p in range(11):
+                counted[t, p] += int(((truth == t) & (pred == p)).sum())
+    assert result["confusion"] == counted.tolist() and counted.sum() == result["valid_pixels"]
+    picture = Image.open(tmp_path / "confusion.png")
+    assert picture.format == "PNG" and 400 <= picture.size[0] <= 3000 and 400 <= picture.size[1] <= 3000
 
 
 def test_predict_writes_paletted_labels_for_files_folders_globs_and_lists(model_dir, tmp_path):
@@ -82,12 +91,13 @@ def test_predict_writes_paletted_labels_for_files_folders_globs_and_lists(model_
         written = Image.open(tmp_path / "a" / f"im{i}.png")
         assert written.mode == "P" and written.getpalette()[:6] == [128, 128, 128, 128, 0, 0]
         assert (np.asarray(written) == expected[i]).all()
-        overlay = Image.open(tmp_path / "a" / f"im{i}_overlay.png")
-        assert overlay.size == (56, 40) and overlay.mode == "RGB"
+        shown = Image.open(tmp_path / "a" / f"im{i}_overlay.png")
+        assert shown.mode == "RGB" and shown.size[0] >= 56 and shown.size[1] > 40  # the legend strip below
+        assert np.array_equal(np.asarray(shown)[:40, :56], overlay(images[i], expected[i].astype(np.uint8), CAMVID))
 
     run_cli("predict", str(model_dir), str(tmp_path / "in" / "im1*.png"), str(tmp_path / "in" / "list.txt"),
             "--out", str(tmp_path / "b"), check=True)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["im0.png", "im1.png", "im2.png"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")) == ["im0.png", "im1.png", "im2.png"]
 
 
 def test_help_lists_the_commands():

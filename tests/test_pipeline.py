@@ -86,6 +86,9 @@ def test_killed_pipeline_resumes_and_reports_every_stage(tmp_path):
         assert row["delta_first"]["latency_ms"] == pytest.approx(row["latency_ms"] - report["stages"][0]["latency_ms"])
     markdown = (out / "report.md").read_text()
     assert all(f"| {name} |" in markdown for name in stages)
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)  # each stage's pictures, relative to report.md
+    assert "stages/02-l1/run/curves.png" in links and "stages/05-fold/confusion.png" in links
+    assert all((out / link).is_file() for link in links)
 
     again = run_cli("run", str(recipe), check=True)
     assert again.stdout.count("done before, skipped") == 5

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import error_line, run_cli
 from edgeseg.errors import ConfigError
@@ -107,6 +108,9 @@ def test_train_command_end_to_end(tmp_path):
     run_dir = tmp_path / "cli"
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     assert (run_dir / "config.yaml").is_file() and len(read_metrics_csv(run_dir / "metrics.csv")) == 2
+    for picture in ("curves.png", "confusion.png"):  # drawn at the end of the run
+        with Image.open(run_dir / picture) as image:
+            assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 250
     evaluated = run_cli("eval", str(run_dir / "best"), "--data", "synthetic:8", check=True)
     assert "mIoU" in evaluated.stdout
     assert error_line(run_cli("train", "optimizer.name=rmsprop", f"runs_dir={tmp_path}")).startswith(

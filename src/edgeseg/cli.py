@@ -184,20 +184,23 @@ def eval_command(
     model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
     data: str = typer.Option(..., "--data", help="dataset spec, e.g. camvid:PATH or synthetic"),
     split: str = typer.Option("val", "--split"),
-    json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics as JSON"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics and confusion matrix as JSON"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw the confusion matrix into this PNG"),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     device: str = DeviceOption,
-    force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg eval did not write it"),
+    force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg eval did not write them"),
 ) -> None:
-    """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU)."""
+    """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU,
+    confusion matrix: rows ground truth, columns prediction)."""
     from edgeseg.data.spec import open_dataset
     from edgeseg.evaluation import evaluate
     from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.inference import load_predictor
     from edgeseg.runtime import resolve_device
 
-    if json_file:
-        check_output(json_file, "eval", [model], force, kind="file")
+    for output in (json_file, plot):
+        if output:
+            check_output(output, "eval", [model], force, kind="file")
     predictor = load_predictor(model, resolve_device(device))
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
@@ -205,6 +208,13 @@ def eval_command(
     print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
     if json_file:
         atomic_write_json(json_file, {"written_by": "eval", **result})
+    if plot:
+        from edgeseg.fileio import atomic_write_bytes, mark_png
+        from edgeseg.plots import confusion
+
+        title = f"{model} on {data} [{split}], {result['num_images']} images"
+        atomic_write_bytes(plot, mark_png(confusion(result["confusion"], list(result["per_class_iou"]), title), "eval"))
+        out.print(f"wrote {plot}")
 
 
 @app.command("predict")
@@ -438,18 +448,28 @@ def data_check(
     split: Optional[List[str]] = typer.Option(None, "--split", help="split(s) to check (default: all)"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
     show: int = typer.Option(20, "--show", help="problems listed per split"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="draw the class shares per split into this PNG"),
+    force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg did not write them"),
 ) -> None:
     """The label doctor: class shares, suggested class weights and every problem found."""
     from edgeseg.data.doctor import check_dataset
     from edgeseg.data.spec import open_source
+    from edgeseg.fileio import atomic_write_bytes, atomic_write_json, check_output, mark_png
     from edgeseg.reports import doctor_json, print_doctor
 
+    root = spec.partition(":")[2] if ":" in spec else (spec if spec.endswith((".yaml", ".yml")) else "")
+    for output in (json_file, plot):
+        if output:
+            check_output(output, "data check", [root] if root else [], force, kind="file")
     report = check_dataset(open_source(spec), split or None)
     print_doctor(report, out, show)
     if json_file:
-        from edgeseg.fileio import atomic_write_json
+        atomic_write_json(json_file, {"written_by": "data check", **doctor_json(report)})
+    if plot:
+        from edgeseg.plots import class_shares
 
-        atomic_write_json(json_file, doctor_json(report))
+        atomic_write_bytes(plot, mark_png(class_shares(report), "data check"))
+        out.print(f"wrote {plot}")
     if not report.clean:
         raise typer.Exit(1)
 

@@ -25,12 +25,14 @@ def stack_same_size(batch):
 
 def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_workers: int = 1,
              shard: tuple[int, int] = (0, 1)) -> dict:
-    """mIoU, pixel and mean class accuracy and per-class IoU of ``predictor`` on ``dataset``.
+    """mIoU, pixel and mean class accuracy, per-class IoU and the confusion matrix of
+    ``predictor`` on ``dataset``.
 
     Guarantees: every pixel of every image is scored at the image's own resolution; ignore
     pixels never count; the class sets of model and data must agree in size. With
     ``shard=(rank, world_size)`` each process scores every world_size-th image and the
     confusion matrices are summed across processes, so every rank gets the full result.
+    ``confusion[t][p]`` counts the valid pixels of true class t predicted as p, in class order.
     """
     if dataset.classes.num_classes != predictor.classes.num_classes:
         raise EdgesegError(f"model predicts {predictor.classes.num_classes} classes but the dataset has "
@@ -50,5 +52,6 @@ def evaluate(predictor, dataset: SegmentationDataset, batch_size: int = 1, num_w
     if world_size > 1:
         confusion.all_reduce()
     result = confusion.summary(predictor.classes.names)
+    result["confusion"] = confusion.matrix.cpu().tolist()
     result.update(num_images=len(dataset), split=dataset.split)
     return result

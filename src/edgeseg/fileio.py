@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -147,6 +149,8 @@ def written_by(out: Path) -> str | None:
         except (OSError, ValueError):
             return None
         return data.get("written_by") if isinstance(data, dict) else None
+    if out.suffix == ".png":
+        return _png_mark(out)
     if out.suffix == ".onnx":
         import onnx  # heavy, and only needed for this check
 
@@ -169,3 +173,31 @@ def check_files(out_dir: str | Path, names: Iterable[str], command: str, force: 
         if (out_dir / name).exists() and name not in ours:
             raise OutputError(f"{out_dir / name}: exists and was not written by 'edgeseg {command}'; choose "
                               f"another --out or pass --force to replace it")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_MARK_KEY = b"edgeseg-command"
+
+
+def mark_png(data: bytes, command: str) -> bytes:
+    """``data`` (a PNG) with a text chunk naming the edgeseg command that drew it, placed after
+    the header chunk; the image is unchanged."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    body = b"tEXt" + PNG_MARK_KEY + b"\0" + command.encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    header_end = len(PNG_SIGNATURE) + 8 + struct.unpack(">I", data[8:12])[0] + 4
+    return data[:header_end] + chunk + data[header_end:]
+
+
+def _png_mark(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()[:4096]  # the mark sits right after the header
+    except OSError:
+        return None
+    key = b"tEXt" + PNG_MARK_KEY + b"\0"
+    start = data.find(key)
+    if not data.startswith(PNG_SIGNATURE) or start < 0:
+        return None
+    length = struct.unpack(">I", data[start - 4:start])[0]
+    return data[start + len(key):start + 4 + length].decode(errors="replace")

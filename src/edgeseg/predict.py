@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.imageio import IMAGE_SUFFIXES, list_images, read_image
@@ -68,6 +68,45 @@ def overlay(image: np.ndarray, label: np.ndarray, classes: ClassInfo, alpha: flo
     return blended.round().astype(np.uint8)
 
 
+def legend_strip(ids: list[int], names, colours: np.ndarray, width: int) -> np.ndarray:
+    """A white (h, >= width, 3) uint8 strip naming each class in ``ids`` next to a swatch of
+    its exact colour ``colours[id]``, in columns as many as fit, so the strip can sit below
+    an image of ``width`` pixels without covering any of it.
+    (export/bundle_run.py holds a copy: the bundle runs without edgeseg.)"""
+    size = max(12, min(28, round(width / 32)))
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, ImportError):  # Pillow < 10.1 or without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    pad, swatch, gap = size // 2, size, size // 3
+    entries = [(int(i), str(names[i])) for i in ids]
+    column = swatch + gap + max([round(font.getlength(name)) for _, name in entries], default=0) + size
+    width = max(width, 2 * pad + column)
+    columns = max(1, (width - 2 * pad) // column)
+    line = swatch + pad
+    places = [(pad + (n % columns) * column, pad + (n // columns) * line, entry) for n, entry in enumerate(entries)]
+    y = pad + (max(len(entries) - 1, 0) // columns) * line
+    strip = Image.new("RGB", (width, y + swatch + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    _, top, _, bottom = font.getbbox("Hg")
+    for x, y, (index, name) in places:
+        draw.rectangle((x - 1, y - 1, x + swatch, y + swatch), outline=(96, 96, 96))
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=tuple(int(v) for v in colours[index]))
+        draw.text((x + swatch + gap, y + (swatch - top - bottom) / 2), name, fill=(20, 20, 20), font=font)
+    return np.asarray(strip)
+
+
+def with_legend(image: np.ndarray, label: np.ndarray, classes: ClassInfo) -> np.ndarray:
+    """``image`` (an overlay of ``label``) above a legend strip of the classes present in
+    ``label``, in class order; the image's pixels are kept as they are, the rest is white."""
+    present = [i for i in np.flatnonzero(np.bincount(label.ravel(), minlength=256)) if i < classes.num_classes]
+    strip = legend_strip(present, classes.names, classes.colour_lut(), image.shape[1])
+    canvas = np.full((image.shape[0] + strip.shape[0], strip.shape[1], 3), 255, np.uint8)
+    canvas[:image.shape[0], :image.shape[1]] = image
+    canvas[image.shape[0]:] = strip
+    return canvas
+
+
 @dataclass
 class PredictResult:
     image: Path
@@ -89,7 +128,8 @@ def output_names(images: list[Path]) -> list[str]:
 
 
 def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: bool = False) -> list[PredictResult]:
-    """Write ``<out>/<name>.png`` (paletted labels) and optionally ``<name>_overlay.png``."""
+    """Write ``<out>/<name>.png`` (paletted labels) and optionally ``<name>_overlay.png``
+    (the overlay above a legend of the classes it shows)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, name in track(zip(images, output_names(images)), len(images), "predict"):
@@ -102,7 +142,8 @@ def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: b
         overlay_file = None
         if with_overlay:
             buffer = io.BytesIO()
-            Image.fromarray(overlay(image, label, predictor.classes)).save(buffer, format="PNG")
+            Image.fromarray(with_legend(overlay(image, label, predictor.classes), label, predictor.classes)).save(
+                buffer, format="PNG")
             overlay_file = atomic_write_bytes(out_dir / f"{name}_overlay.png", buffer.getvalue())
         results.append(PredictResult(path, label_file, overlay_file, elapsed))
     return results

@@ -6,7 +6,8 @@ Needs numpy, onnxruntime and Pillow (OpenCV only for video and cameras); not edg
     python run.py -i video.mp4 -o output          (needs opencv-python)
 
 Writes output/<name>.png (paletted label maps: pixel value = class id) and, with --overlay,
-output/<name>_overlay.png; a video gives output/<name>_overlay.mp4 at the source frame rate.
+output/<name>_overlay.png (above a legend of the classes it shows); a video gives
+output/<name>_overlay.mp4 at the source frame rate.
 The model, classes, palette and pre-processing are read from model.onnx's metadata.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -59,6 +60,43 @@ class Segmenter:
     def overlay(self, rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         blended = rgb.astype(np.float32) * (1 - alpha) + self.colours[label].astype(np.float32) * alpha
         return blended.round().astype(np.uint8)
+
+    def with_legend(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+        """``image`` above a legend strip of the classes present in ``label``."""
+        present = [i for i in np.flatnonzero(np.bincount(label.ravel(), minlength=256)) if i < len(self.classes)]
+        strip = legend_strip(present, self.classes, self.colours, image.shape[1])
+        canvas = np.full((image.shape[0] + strip.shape[0], strip.shape[1], 3), 255, np.uint8)
+        canvas[:image.shape[0], :image.shape[1]] = image
+        canvas[image.shape[0]:] = strip
+        return canvas
+
+
+def legend_strip(ids: list[int], names, colours: np.ndarray, width: int) -> np.ndarray:
+    """A white (h, >= width, 3) uint8 strip naming each class in ``ids`` next to a swatch of
+    its exact colour ``colours[id]``, in columns as many as fit, so the strip can sit below
+    an image of ``width`` pixels without covering any of it.
+    (A copy of edgeseg.predict.legend_strip: the bundle runs without edgeseg.)"""
+    size = max(12, min(28, round(width / 32)))
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, ImportError):  # Pillow < 10.1 or without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    pad, swatch, gap = size // 2, size, size // 3
+    entries = [(int(i), str(names[i])) for i in ids]
+    column = swatch + gap + max([round(font.getlength(name)) for _, name in entries], default=0) + size
+    width = max(width, 2 * pad + column)
+    columns = max(1, (width - 2 * pad) // column)
+    line = swatch + pad
+    places = [(pad + (n % columns) * column, pad + (n // columns) * line, entry) for n, entry in enumerate(entries)]
+    y = pad + (max(len(entries) - 1, 0) // columns) * line
+    strip = Image.new("RGB", (width, y + swatch + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    _, top, _, bottom = font.getbbox("Hg")
+    for x, y, (index, name) in places:
+        draw.rectangle((x - 1, y - 1, x + swatch, y + swatch), outline=(96, 96, 96))
+        draw.rectangle((x, y, x + swatch - 1, y + swatch - 1), fill=tuple(int(v) for v in colours[index]))
+        draw.text((x + swatch + gap, y + (swatch - top - bottom) / 2), name, fill=(20, 20, 20), font=font)
+    return np.asarray(strip)
 
 
 def decode(value: str):
@@ -134,7 +172,8 @@ def main() -> None:
         ms = 1000 * (time.perf_counter() - started)
         segmenter.label_image(label).save(args.output / f"{path.stem}.png")
         if args.overlay:
-            Image.fromarray(segmenter.overlay(rgb, label)).save(args.output / f"{path.stem}_overlay.png")
+            Image.fromarray(segmenter.with_legend(segmenter.overlay(rgb, label), label)).save(
+                args.output / f"{path.stem}_overlay.png")
         print(f"{path}: {ms:.1f} ms")
 
 

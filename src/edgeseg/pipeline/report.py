@@ -12,10 +12,12 @@ import torch
 from edgeseg import __version__
 from edgeseg.benchmark import measure_side_by_side
 from edgeseg.evaluation import evaluate
+from edgeseg.fileio import atomic_write_bytes
 from edgeseg.inference import load_predictor
-from edgeseg.models.model_dir import WEIGHTS_NAME
+from edgeseg.layout import WEIGHTS_NAME
 from edgeseg.models.profile import profile_model
 from edgeseg.models.stride import round_up
+from edgeseg.plots import confusion
 
 DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs", "size_bytes", "gzip_bytes",
               "latency_ms")
@@ -27,7 +29,7 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
     bundle, run in ONNX Runtime) on ``dataset`` at full resolution and measure it: params,
     MACs and effective MACs (zero weights skipped) at ``size`` padded to the output stride as
     the predictor runs it, conv-weight sparsity, and the size of the weights file (or ONNX
-    file), raw and gzip-compressed."""
+    file), raw and gzip-compressed. ``confusion`` is the evaluation's confusion matrix."""
     evaluation = evaluate(load_predictor(artifact or model_dir, device), dataset, num_workers=0)
     predictor = load_predictor(model_dir, torch.device("cpu"))
     stride = predictor.output_stride
@@ -39,6 +41,7 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
     return {
         "miou": evaluation["miou"], "pixel_acc": evaluation["pixel_acc"], "mean_acc": evaluation["mean_acc"],
         "per_class_iou": evaluation["per_class_iou"], "num_images": evaluation["num_images"],
+        "confusion": evaluation["confusion"],
         "params": profile.params, "macs": profile.macs, "effective_macs": profile.effective_macs,
         "sparsity": profile.sparsity, "conv_weights": sum(layer.weights for layer in profile.layers),
         "zero_weights": sum(layer.zeros for layer in profile.layers),
@@ -85,8 +88,32 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def report_markdown(report: dict) -> str:
-    """The report as Markdown: the stage table, then per-class IoU per stage."""
+def stage_pictures(out: Path, rows: list[dict], split: str) -> dict[str, list[tuple[str, str]]]:
+    """Per stage, (caption, path relative to ``out``) of the pictures report.md shows: the
+    training curves of every run inside the stage's folder, and stages/<stage>/confusion.png,
+    drawn here from the stage's measured confusion matrix (a run's own confusion.png where
+    the stage was measured before matrices were recorded). Only files that exist are listed."""
+    pictures = {}
+    for row in rows:
+        stage_dir = out / "stages" / row["dir"]
+        found = [(f"training curves ({path.parent.relative_to(stage_dir).as_posix()})", path)
+                 for path in sorted(stage_dir.rglob("curves.png"))]
+        measured = row["measurements"]
+        if measured.get("confusion") is not None:
+            title = f"{row['dir']} on {split}: mIoU {100 * measured['miou']:.2f} %"
+            target = atomic_write_bytes(stage_dir / "confusion.png",
+                                        confusion(measured["confusion"], list(measured["per_class_iou"]), title))
+            found.append((f"confusion on {split}", target))
+        else:
+            found += [(f"confusion ({path.parent.relative_to(stage_dir).as_posix()})", path)
+                      for path in sorted(stage_dir.rglob("confusion.png"))]
+        pictures[row["dir"]] = [(caption, path.relative_to(out).as_posix()) for caption, path in found]
+    return pictures
+
+
+def report_markdown(report: dict, pictures: dict[str, list[tuple[str, str]]] | None = None) -> str:
+    """The report as Markdown: the stage table, per-class IoU per stage, then each stage's
+    ``pictures`` (from ``stage_pictures``) as images linked relative to report.md."""
     host = report["machine"]
     lines = [f"# {report['recipe']}: stage report", "",
              f"Reproduce: `{report['command']}`", "",
@@ -112,4 +139,11 @@ def report_markdown(report: dict) -> str:
     for s in report["stages"]:
         cells = ["-" if s["per_class_iou"][c] is None else f"{100 * s['per_class_iou'][c]:.1f}" for c in classes]
         lines.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    if any((pictures or {}).values()):
+        lines += ["", "## Pictures"]
+    for stage, shown in (pictures or {}).items():
+        if shown:
+            lines += ["", f"### {stage}"]
+            for caption, path in shown:
+                lines += ["", f"![{stage}: {caption}]({path})"]
     return "\n".join(lines) + "\n"

@@ -32,7 +32,7 @@ from edgeseg.fileio import atomic_write_json, atomic_write_text, check_output
 from edgeseg.layout import RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, STAGE_MODEL, STAGE_SPEC, STAGES_DIR
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.recipe import Recipe
-from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown
+from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown, stage_pictures
 from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, TrainStage, run_stage,
                                      stage_train_config)
 from edgeseg.runtime import resolve_device
@@ -126,7 +126,7 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
     latencies = measure_latencies(models, size, recipe.report.latency_runs)
     report = build_report(recipe.name, rows, latencies, recipe.report.split, command)
     atomic_write_json(out / REPORT_JSON, report)
-    atomic_write_text(out / REPORT_MD, report_markdown(report))
+    atomic_write_text(out / REPORT_MD, report_markdown(report, stage_pictures(out, rows, recipe.report.split)))
     return report
 
 

@@ -29,6 +29,7 @@ from edgeseg.fileio import atomic_write_text
 from edgeseg.inference import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.model_dir import flush_subnormals_
+from edgeseg.plots import write_run_pictures
 from edgeseg.runtime import cpu_has_native_bfloat16, track
 from edgeseg.training import distributed
 from edgeseg.training.checkpoint import load_training_state, save_training_state
@@ -187,9 +188,11 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
 
     Guarantees: the run directory holds config.yaml (the resolved config), metrics.csv (one
     row per epoch), tb/ (TensorBoard), last/ (resumable state, replaced atomically each
-    epoch) and best/ (a model directory, the epoch with the best val mIoU; with
-    ``weight_average`` the average is what is evaluated and saved). Randomness is
-    reseeded every epoch from (seed, epoch, rank), so a resumed run continues exactly.
+    epoch), best/ (a model directory, the epoch with the best val mIoU; with
+    ``weight_average`` the average is what is evaluated and saved), and at the end
+    curves.png (loss, lr, val mIoU per epoch) and confusion.png (val, of the best epoch this
+    call evaluated). Randomness is reseeded every epoch from (seed, epoch, rank), so a
+    resumed run continues exactly.
     Under torchrun every process trains on its shard; rank 0 alone writes.
     """
     process = distributed.start(config.device)
@@ -258,7 +261,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     if not cuda and config.cpu_amp is True and not cpu_has_native_bfloat16() and process.is_main:
         log("cpu_amp: this CPU has neither AVX-512 BF16 nor AMX, so bfloat16 is emulated and training runs "
             "several times slower than float32; set cpu_amp=auto or cpu_amp=false")
-    last_metrics = None
+    last_metrics = best_metrics = None
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + process.rank)
         loader_generator.manual_seed(config.seed * 1000 + epoch)
@@ -319,7 +322,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             if process.is_main:
                 tb.overlays(step, predictor, val_set)
                 if last_metrics["miou"] > best:
-                    best = last_metrics["miou"]
+                    best, best_metrics = last_metrics["miou"], last_metrics
                     save_model_dir(evaluated, model_config, run_dir / "best")
         rows.append(row)
         if process.is_main:
@@ -330,5 +333,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
             f"val mIoU {row['val_miou'] or '-'}  ({seconds:.1f} s, {row['train_images_per_s']} img/s)")
     tb.close()
+    if process.is_main:
+        write_run_pictures(run_dir, rows, best_metrics or last_metrics, classes.names,
+                           f"{'best' if best_metrics else 'last'} model on {config.data.val_split}")
     return RunResult(run_dir, best, last_metrics, process.is_main)
 
