@@ -42,6 +42,7 @@ from edgeseg.pipeline.report import build_report, measure_latencies, measure_mod
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import validate
 from edgeseg.train.config import TrainConfig
+from edgeseg.train.checkpoint import has_resumable_state
 from edgeseg.train.loop import read_metrics_csv, train
 
 Log = Callable[[str], None]
@@ -112,17 +113,25 @@ def stage_settings(recipe: Recipe, name: str, spec: Stage, stage_dir: Path) -> d
         config["data"].pop("num_workers", None)
         config["model"].pop("init_from", None)
         settings["train"] = config
+    settings["report_split"] = recipe.report.split  # metrics.json holds measurements on this split
     return settings
 
 
 def _check_unchanged(stage_dir: Path, settings: dict) -> None:
     spec_file = stage_dir / "spec.json"
-    if spec_file.is_file():
+    if spec_file.is_file() and _did_work(stage_dir):
         recorded = json.loads(spec_file.read_text(encoding="utf-8"))
+        recorded.setdefault("report_split", settings["report_split"])  # a directory older than the key
         if recorded != settings:
             raise ConfigError(f"{stage_dir}: this stage ran with other settings (changed: "
                               f"{', '.join(_changed_keys(recorded, settings))}); "
                               f"delete {stage_dir} to run it (and the stages after it) again")
+
+
+def _did_work(stage_dir: Path) -> bool:
+    """Whether a stage left something a rerun would build on (its metrics.json, or a training
+    state under it); one that failed before that is simply redone with the new settings."""
+    return (stage_dir / "metrics.json").is_file() or next(stage_dir.rglob("state.json"), None) is not None
 
 
 def _finish(stage_dir: Path, settings: dict, log: Log, work) -> dict:
@@ -207,7 +216,7 @@ def _train_stage(recipe: Recipe, name: str, spec: TrainStage, stage_dir: Path, m
                  init_from: str | None, log: Log) -> dict:
     config = stage_train_config(recipe, name, spec, stage_dir, init_from)
     run_dir = stage_dir / config.name
-    resume = run_dir if (run_dir / "last" / "state.json").is_file() else None
+    resume = run_dir if has_resumable_state(run_dir) else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)  # killed before its first epoch ended: nothing to keep
     result = train(config, resume_dir=resume, log=log)
