@@ -13,6 +13,7 @@ from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import real_check_images
 from edgeseg.fileio import atomic_replace_dir
 from edgeseg.schema import merge, validate
+from edgeseg.train.checkpoint import has_resumable_state
 from edgeseg.train.config import TrainConfig
 from edgeseg.train.loop import read_metrics_csv, train
 
@@ -48,7 +49,7 @@ def run_quantize(source: str | Path, out: str | Path, quant: QuantizeConfig, dat
         return details
     config = finetune_config(merge({"data": {"spec": data_spec}}, finetune), ptq_dir, work_dir, config_source)
     run_dir = work_dir / config.name
-    resume = run_dir if (run_dir / "last" / "state.json").is_file() else None
+    resume = run_dir if has_resumable_state(run_dir) else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)
     result = train(config, resume_dir=resume, log=log)

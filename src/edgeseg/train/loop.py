@@ -204,6 +204,15 @@ def diverged(config: TrainConfig, run_dir: Path, process: distributed.Process, e
                            f"{what}; {where}")
 
 
+def first_non_finite(*models: torch.nn.Module | None) -> str | None:
+    """The name of the first weight or buffer holding NaN or infinity, or None."""
+    for model in models:
+        for name, tensor in (model.state_dict().items() if model is not None else ()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return name
+    return None
+
+
 def check_split_sizes(config: TrainConfig, train_set, world_size: int) -> None:
     """At least one full batch per process per epoch (the loader drops a partial one)."""
     need = config.batch_size * world_size
@@ -234,6 +243,8 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
     ``weight_average`` the average is what is evaluated and saved). Randomness is
     reseeded every epoch from (seed, epoch, rank), so a resumed run continues exactly.
     Under torchrun every process trains on its shard; rank 0 alone writes.
+    The val split is read before epoch 1; a NaN or infinite loss or weight stops the run
+    (TrainingDiverged) before anything non-finite is saved.
     """
     process = distributed.start(config.device)
     try:
@@ -332,7 +343,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             with autocast():
                 loss = criterion(net(images), labels)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+            # every rank must stop at the same step, or the others wait in all-reduce for ever
+            if distributed.sum_across(process, float(not math.isfinite(loss_value)))[0]:
                 diverged(config, run_dir, process, epoch, step, steps_per_epoch, f"the loss is {loss_value}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -360,9 +372,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         if average_model is not None:
             flush_subnormals_(average_model)
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
-        bad = next((name for name, tensor in [*model.state_dict().items(), *(average_model.state_dict().items()
-                    if average_model is not None else [])] if tensor.is_floating_point()
-                    and not bool(torch.isfinite(tensor).all())), None)
+        bad = first_non_finite(model, average_model)
         if bad is not None:
             diverged(config, run_dir, process, epoch, step - 1, steps_per_epoch, f"weight '{bad}' is not finite")
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
