@@ -1,6 +1,7 @@
 """Issue 18: what a hostile or careless user gives edgeseg ends in one line, never a
 traceback, and never loses data: resume checks, divergence, hostile files, checkpoint repair."""
 
+import functools
 import json
 import os
 import subprocess
@@ -37,15 +38,20 @@ def tiny_config(tmp_path, *overrides):
     return load_train_config(None, [*TINY, f"runs_dir={tmp_path / 'runs'}", *overrides])
 
 
-def png_bomb(path: Path, side: int = 20000) -> Path:
-    """A grey PNG of a few hundred kilobytes that decodes to ``side`` squared pixels."""
+def png_bomb(path: Path) -> Path:
+    """A grey PNG of 200 kilobytes that decodes to 14000 x 14000 pixels, over twice Pillow's limit."""
+    path.write_bytes(_bomb_bytes())
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _bomb_bytes(side: int = 14000) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
     idat = zlib.compress(b"\0" * ((side + 1) * side), 9)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def folder_dataset(root: Path, label=None, n=2, suffix=".png") -> Path:
@@ -120,9 +126,9 @@ def test_divergence_stops_keeps_last_and_resumes_with_a_lower_lr(tmp_path, monke
 
 
 def test_diverged_run_writes_no_model(tmp_path):
-    proc = run_cli("train", *TINY, "name=nan", "optimizer.name=sgd", "optimizer.lr=1e30", f"runs_dir={tmp_path / 'runs'}")
-    line = error_line(proc)
-    assert line.startswith("error: training diverged at epoch 1, step ") and line.endswith(
+    with pytest.raises(loop.TrainingDiverged) as caught:
+        loop.train(tiny_config(tmp_path, "name=nan", "optimizer.name=sgd", "optimizer.lr=1e30"), log=lambda _: None)
+    assert str(caught.value).startswith("training diverged at epoch 1, step ") and str(caught.value).endswith(
         "nothing was saved: lower optimizer.lr (now 1e+30) and train again")
     assert not (tmp_path / "runs" / "nan" / "best").exists()
 

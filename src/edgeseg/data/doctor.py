@@ -74,7 +74,7 @@ def _inspect_file_sample(dataset: FileDataset, sample: Sample) -> tuple[np.ndarr
     except DataError as err:
         return None, problems + [str(err)], raw.palette
     if raw.lossy:  # its stray values are JPEG's doing: say that instead of listing them
-        lossy = lossy_label_problem(raw, values, sample.label, dataset.coding.lut != INVALID)
+        lossy = lossy_label_problem(values, sample.label, dataset.coding.lut != INVALID)
         if not dataset.coding.allow_lossy:
             return None, problems + [lossy], raw.palette
         problems.append(LOSSY_ALLOWED + lossy)

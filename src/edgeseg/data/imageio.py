@@ -30,6 +30,7 @@ def open_image(path: Path) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data": the pixels are fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
             img.load()
@@ -110,7 +111,7 @@ def read_label_raw(path: str | Path) -> RawLabel:
     return RawLabel(mode, None, rgb, None, lossy)
 
 
-def lossy_label_problem(raw: RawLabel, values: np.ndarray, path: Path | str, valid: np.ndarray) -> str:
+def lossy_label_problem(values: np.ndarray, path: Path | str, valid: np.ndarray) -> str:
     """One line describing what lossy compression did to a label map: pixels whose value is
     no class (values between classes) and isolated pixels near edges (a value no 4-neighbour shares)."""
     in_range = (values >= 0) & (values < len(valid))
@@ -118,8 +119,9 @@ def lossy_label_problem(raw: RawLabel, values: np.ndarray, path: Path | str, val
     inner = values[1:-1, 1:-1]
     isolated = int(((inner != values[:-2, 1:-1]) & (inner != values[2:, 1:-1])
                     & (inner != values[1:-1, :-2]) & (inner != values[1:-1, 2:])).sum())
-    return (f"{path}: lossy (JPEG) label file: {strays} pixels hold values between or "
-            f"outside the classes and {isolated} isolated pixels sit near edges; save labels as PNG "
+    damage = (f"{strays} pixels hold values that are no class and {isolated} isolated pixels sit near edges"
+              if strays or isolated else "no damage found in this one, but JPEG blurs class ids at edges")
+    return (f"{path}: lossy (JPEG) label file: {damage}; save labels as PNG "
             f"(or set allow_lossy_labels: true in a dataset YAML)")
 
 
@@ -205,7 +207,7 @@ class LabelCoding:
         raw = read_label_raw(path)
         values = self.raw_values(raw, path)
         if raw.lossy and not self.allow_lossy:
-            raise DataError(lossy_label_problem(raw, values, path, self.lut != INVALID))
+            raise DataError(lossy_label_problem(values, path, self.lut != INVALID))
         return self.to_train_ids(values, path)
 
 
