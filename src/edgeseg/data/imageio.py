@@ -39,6 +39,8 @@ def open_image(path: Path) -> Image.Image:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not an image file") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read (permission denied)") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

@@ -218,12 +218,12 @@ RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
 
 
 def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """The config that continues ``run_dir``: its config.yaml, with ``path``'s keys and
-    ``overrides`` on top. Only keys that cannot change what the run computes may differ
+    """The config that continues ``run_dir``: ``path`` (default: the run's config.yaml) with
+    ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
     (``RESUME_FREE_KEYS``; after a divergence stop also the lr, schedule and gradient
     clipping); anything else is a ConfigError naming the keys. Changes are appended to
     ``history`` with the epoch they start from."""
-    from edgeseg.train.checkpoint import saved_progress
+    from edgeseg.train.checkpoint import saved_progress  # imports torch: not for every config load
 
     saved_file = Path(run_dir) / "config.yaml"
     if not Path(run_dir).is_dir():
