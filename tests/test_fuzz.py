@@ -133,3 +133,27 @@ def test_random_label_files_in_a_folder_dataset(work, label, size):
 
     outcome(read)
     outcome(lambda: check_dataset(open_source(f"folder:{root}")))
+
+
+list_text = st.lists(st.sampled_from(list("ab ./\n\t#,0123456789") + ["a.png", "b.png", "x/", "255", "-1", "\n"]),
+                     max_size=30).map("".join)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=list_text, classes=list_text, colours=list_text)
+def test_random_list_class_and_colour_files(work, pairs, classes, colours):
+    root = work / "lists"
+    root.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    Image.new("L", (8, 8)).save(root / "b.png")
+    (root / "train.txt").write_text(pairs)
+    (root / "classes.txt").write_text(classes)
+    (root / "colormap.txt").write_text(colours)
+
+    def read():
+        source = open_source(f"list:{root / 'train.txt'}")
+        dataset = source.dataset("train")
+        for index in range(len(dataset)):
+            dataset.read(index)
+
+    outcome(read)
