@@ -131,10 +131,11 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
     stage_dir = out / "stages" / "01-dense"
     stage_dir.mkdir(parents=True)
     (stage_dir / "spec.json").write_text(json.dumps(stage_settings(earlier, "dense", earlier_stages["dense"], stage_dir)))
+    (stage_dir / "metrics.json").write_text("{}")  # it ran: a stage that failed before any work is just redone
     recipe, stages = load_recipe(path)
     with pytest.raises(ConfigError, match="01-dense: this stage ran with other settings \\(changed: train.epochs\\)"):
         run_pipeline(recipe, stages)
-    assert sorted(p.name for p in out.rglob("*")) == ["01-dense", "spec.json", "stages"]
+    assert sorted(p.name for p in out.rglob("*")) == ["01-dense", "metrics.json", "spec.json", "stages"]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)

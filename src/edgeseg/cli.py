@@ -95,13 +95,17 @@ def train_command(
     if config is not None and "=" in str(config):
         overrides = [str(config), *(overrides or [])]
         config = None
-    if resume is not None and config is None and (resume / "config.yaml").is_file():
-        config = resume / "config.yaml"
     def log(line: str) -> None:
         out.print(line, markup=False, soft_wrap=True)
         out.file.flush()
 
-    result = train(load_train_config(config, overrides or []), resume_dir=resume, log=log)
+    if resume is not None:  # only keys that cannot change the results may differ from the run's config.yaml
+        from edgeseg.training.config import resume_config
+
+        loaded = resume_config(resume, config, overrides or [])
+    else:
+        loaded = load_train_config(config, overrides or [])
+    result = train(loaded, resume_dir=resume, log=log)
     if result.is_main:
         out.print(f"best val mIoU {result.best_miou:.4f}")
         out.print(str(result.run_dir))

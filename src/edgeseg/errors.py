@@ -6,7 +6,12 @@ class EdgesegError(Exception):
     """A problem with what the user gave us (a file, a key, a value), not a bug."""
 
     def __init__(self, message: str = "") -> None:
-        super().__init__(_unwrap_worker_message(str(message)))
+        super().__init__(_one_line(_unwrap_worker_message(str(message))))
+
+
+def _one_line(message: str) -> str:
+    """A user's value quoted in a message may hold line breaks; show them escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _unwrap_worker_message(message: str) -> str:

@@ -53,9 +53,22 @@ def format_validation_error(err: ValidationError, model_cls: type[BaseModel], so
     elif not loc:  # a check across keys: its message names them
         message = f"{source}: {first['msg'].removeprefix('Value error, ')}"
     else:
-        message = f"{source}: bad value for '{key}': {first['msg']}"
+        message = f"{source}: bad value for '{key}': {first['msg'].removeprefix('Value error, ')}"
     more = len(errors) - 1
     return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def check_positive_sizes(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Model constructor arguments whose name says they are a size (``width``, ``widths``,
+    ``*channels``, ``decoder``) must be positive numbers (0 would build an empty layer)."""
+    for name, value in arguments.items():
+        if not any(part in name for part in ("width", "channels", "decoder")):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not v > 0]
+        if bad:
+            raise ValueError(f"'{name}' must be positive (got {bad[0]})")
+    return arguments
 
 
 def validate(model_cls: type[M], data: Any, source: str) -> M:
@@ -66,21 +79,59 @@ def validate(model_cls: type[M], data: Any, source: str) -> M:
         raise ConfigError(format_validation_error(err, model_cls, source)) from None
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing or malformed file is a one-line ConfigError."""
-    path = Path(path)
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text safely (no tags that build objects, no duplicate keys); a problem is a
+    one-line ConfigError naming ``source`` and the line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}:{where} invalid YAML ({problem})") from None
+    except (RecursionError, ValueError, OverflowError) as err:  # absurd nesting or numbers
+        raise ConfigError(f"{source}: invalid YAML ({type(err).__name__})") from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing, binary, empty or malformed file (or a key given twice) is a
+    one-line ConfigError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected YAML") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); expected YAML") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty (no keys); give the keys it should set, or leave it out")
+    return data
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -100,8 +151,8 @@ SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def parse_value(raw: str, item: str):
     """YAML scalar/flow value; '1e-4' is a number (PyYAML's YAML 1.1 reads it as a string)."""
     try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"override '{item}'") if raw else ""
+    except ConfigError:
         raise ConfigError(f"override '{item}': value is not valid YAML") from None
     if isinstance(value, str) and SCIENTIFIC.fullmatch(value):
         return float(value)

@@ -1,7 +1,7 @@
 """The label doctor: reads every sample of a dataset and reports class shares, suggested
 class weights and every problem it finds (missing, unreadable or truncated files, size
 mismatches, label values outside the class set, unknown mask colours, inconsistent
-palettes), naming the file each time."""
+palettes, lossy JPEG label files), naming the file each time."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeseg.data.dataset import FileDataset, Sample, SegmentationDataset
-from edgeseg.data.imageio import open_image, read_label_raw
+from edgeseg.data.imageio import INVALID, lossy_label_problem, open_image, read_label_raw
 from edgeseg.errors import DataError
 from edgeseg.runtime import track
 
 ENET_C = 1.02
+LOSSY_ALLOWED = "allowed: "  # marks a lossy-label finding the dataset accepts: a warning, not a problem
 
 
 @dataclass
@@ -70,6 +71,14 @@ def _inspect_file_sample(dataset: FileDataset, sample: Sample) -> tuple[np.ndarr
                         f"size {image_size[0]}x{image_size[1]}")
     try:
         values = dataset.coding.raw_values(raw, sample.label)
+    except DataError as err:
+        return None, problems + [str(err)], raw.palette
+    if raw.lossy:  # its stray values are JPEG's doing: say that instead of listing them
+        lossy = lossy_label_problem(values, sample.label, dataset.coding.lut != INVALID)
+        if not dataset.coding.allow_lossy:
+            return None, problems + [lossy], raw.palette
+        problems.append(LOSSY_ALLOWED + lossy)
+    try:
         train_ids = dataset.coding.to_train_ids(values, sample.label)
     except DataError as err:
         return None, problems + [str(err)], raw.palette
@@ -121,7 +130,8 @@ def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: i
         results = [_inspect_generated(dataset, i) for i in range(len(dataset))]
         names = [dataset.sample_name(i) for i in range(len(dataset))]
     for name, (counts, problems, palette) in zip(names, results):
-        report.problems += problems
+        report.warnings += [p.removeprefix(LOSSY_ALLOWED) for p in problems if p.startswith(LOSSY_ALLOWED)]
+        report.problems += [p for p in problems if not p.startswith(LOSSY_ALLOWED)]
         if counts is not None:
             report.add_counts(counts)
         issue = palettes.see(name, palette) if palette else None

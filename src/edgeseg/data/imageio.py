@@ -8,35 +8,63 @@ refusing values outside the class set rather than silently ignoring them.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 INVALID = -1
+LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
 
 
 def open_image(path: Path) -> Image.Image:
+    """Open and decode an image file, turned upright per its EXIF orientation.
+
+    A file that is missing, not an image, truncated, or larger when decoded than Pillow's
+    pixel limit (``Image.MAX_IMAGE_PIXELS``: a decompression bomb) is a one-line DataError.
+    """
     try:
-        img = Image.open(path)
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data": the pixels are fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
             img.load()
-        return img
+            return upright(img)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not an image file") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read (permission denied)") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        limit = (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise DataError(f"{path}: image too large to decode safely (over {limit:.0f} megapixels; "
+                        f"a decompression bomb?)") from None
+    except MemoryError:
+        raise DataError(f"{path}: image too large to decode in memory") from None
+    except Exception as err:  # any other decoder failure (struct.error, EOFError, ...) is a corrupt file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path}: truncated or corrupt image ({reason})") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` rotated/flipped as its EXIF orientation tag says it is shown (a phone's portrait
+    JPEG is stored sideways); unchanged without the tag."""
+    try:
+        if img.getexif().get(0x0112, 1) in (None, 1):
+            return img
+        turned = ImageOps.exif_transpose(img) or img
+        turned.format = img.format
+        return turned
+    except Exception:  # a corrupt EXIF block: show the pixels as stored
+        return img
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -55,6 +83,7 @@ class RawLabel:
     values: np.ndarray | None
     rgb: np.ndarray | None
     palette: tuple[int, ...] | None
+    lossy: bool = False  # stored with lossy compression (JPEG): values blur between classes at edges
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,18 +94,37 @@ class RawLabel:
 def read_label_raw(path: str | Path) -> RawLabel:
     """Decode a label file without interpreting it."""
     img = open_image(Path(path))
-    mode = img.mode
+    mode, lossy = img.mode, img.format in LOSSY_FORMATS
     if mode in ("P", "L", "1"):
         palette = tuple(img.getpalette() or ()) if mode == "P" else None
-        return RawLabel(mode, np.asarray(img, dtype=np.uint8) if mode == "1" else np.asarray(img), None, palette)
-    if mode in ("I", "I;16", "I;16B", "I;16L"):
-        return RawLabel(mode, np.asarray(img).astype(np.int32), None, None)
+        return RawLabel(mode, np.asarray(img, dtype=np.uint8) if mode == "1" else np.asarray(img), None, palette, lossy)
+    if mode.startswith("I"):
+        return RawLabel(mode, np.asarray(img).astype(np.int64).astype(np.int32), None, None, lossy)
     if mode in ("LA", "PA"):
-        return RawLabel(mode, np.asarray(img)[..., 0], None, None)
-    rgb = np.asarray(img.convert("RGB"))
+        return RawLabel(mode, np.asarray(img)[..., 0], None, None, lossy)
+    if mode == "F":
+        raise DataError(f"{path}: floating-point label image; labels must hold integer class ids")
+    try:
+        rgb = np.asarray(img.convert("RGB"))
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: label image mode {mode} cannot be read as class ids ({err})") from None
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        return RawLabel(mode, rgb[..., 0].copy(), None, None)
-    return RawLabel(mode, None, rgb, None)
+        return RawLabel(mode, rgb[..., 0].copy(), None, None, lossy)
+    return RawLabel(mode, None, rgb, None, lossy)
+
+
+def lossy_label_problem(values: np.ndarray, path: Path | str, valid: np.ndarray) -> str:
+    """One line describing what lossy compression did to a label map: pixels whose value is
+    no class (values between classes) and isolated pixels near edges (a value no 4-neighbour shares)."""
+    in_range = (values >= 0) & (values < len(valid))
+    strays = int((~in_range | ~valid[np.where(in_range, values, 0)]).sum())
+    inner = values[1:-1, 1:-1]
+    isolated = int(((inner != values[:-2, 1:-1]) & (inner != values[2:, 1:-1])
+                    & (inner != values[1:-1, :-2]) & (inner != values[1:-1, 2:])).sum())
+    damage = (f"{strays} pixels hold values that are no class and {isolated} isolated pixels sit near edges"
+              if strays or isolated else "no damage found in this one, but JPEG blurs class ids at edges")
+    return (f"{path}: lossy (JPEG) label file: {damage}; save labels as PNG "
+            f"(or set allow_lossy_labels: true in a dataset YAML)")
 
 
 def _colour_keys(rgb: np.ndarray) -> np.ndarray:
@@ -96,6 +144,7 @@ class LabelCoding:
     lut: np.ndarray
     colours: np.ndarray | None = None
     colour_values: np.ndarray | None = None
+    allow_lossy: bool = False
 
     @classmethod
     def identity(cls, num_classes: int, void_values: tuple[int, ...] = (IGNORE_INDEX,)) -> "LabelCoding":
@@ -116,8 +165,8 @@ class LabelCoding:
 
     def with_colours(self, colours: list[tuple[int, int, int]], values: list[int]) -> "LabelCoding":
         """The same coding, also accepting RGB masks whose colour i stands for ``values[i]``."""
-        return LabelCoding(self.lut, np.asarray(colours, dtype=np.uint8).reshape(-1, 3),
-                           np.asarray(values, dtype=np.int32))
+        return replace(self, colours=np.asarray(colours, dtype=np.uint8).reshape(-1, 3),
+                       colour_values=np.asarray(values, dtype=np.int32))
 
     def valid_description(self) -> str:
         """Human summary of the accepted raw values, for error messages."""
@@ -158,7 +207,10 @@ class LabelCoding:
     def decode(self, path: str | Path) -> np.ndarray:
         """Read a label file and return its (H, W) uint8 train-id map."""
         raw = read_label_raw(path)
-        return self.to_train_ids(self.raw_values(raw, path), path)
+        values = self.raw_values(raw, path)
+        if raw.lossy and not self.allow_lossy:
+            raise DataError(lossy_label_problem(values, path, self.lut != INVALID))
+        return self.to_train_ids(values, path)
 
 
 def _ranges(values: list[int]) -> str:

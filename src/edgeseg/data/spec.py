@@ -35,6 +35,8 @@ class DatasetConfig(StrictModel):
     splits: dict[str, Path | ListPair] = Field(default_factory=dict, description="list format: split -> list file(s)")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held out when there is no val split")
     split_seed: int = 0
+    allow_lossy_labels: bool = Field(
+        False, description="accept JPEG label files (lossy: class ids blur at edges; the doctor still warns)")
     label_set: Literal["trainid", "jacinto5"] = Field("trainid", description="cityscapes: 19 classes or jacinto's 5")
     num_images: int = Field(64, ge=1, description="synthetic: training images (val and test get a quarter)")
     height: int = Field(240, ge=32)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.schema import StrictModel
@@ -41,14 +41,14 @@ class PhaseConfig(StrictModel):
 
     epochs: int = Field(..., ge=1, description="epochs this phase lasts")
     scale: ScaleConfig | None = Field(None, description="scale range in this phase; unset: no rescaling")
-    crop: tuple[int, int] | None = Field(None, description="crop (height, width) in this phase; unset: none")
+    crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="crop (height, width) in this phase; unset: none")
 
 
 class AugmentConfig(StrictModel):
     """Training-time augmentation; evaluation only normalises."""
 
     scale: ScaleConfig | None = None
-    crop: tuple[int, int] | None = Field(None, description="(height, width) of random crops")
+    crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(height, width) of random crops")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="chance of a horizontal flip")
     color_jitter: JitterConfig | None = None
     phases: list[PhaseConfig] = Field(

@@ -17,11 +17,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -32,14 +33,22 @@ class Segmenter:
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        meta = {k: decode(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
-        self.height, self.width = meta["input_size"]
-        self.mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
-        self.classes = meta["classes"]
-        self.palette = meta["label_palette"]
-        self.colours = np.asarray(self.palette, np.uint8).reshape(256, 3)
+        if not Path(model_path).is_file():
+            raise SystemExit(f"error: {model_path}: model file not found")
+        try:
+            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise SystemExit(f"error: {model_path}: not a readable ONNX model ({first_line(err)})") from None
+        try:
+            meta = {k: decode(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+            self.height, self.width = meta["input_size"]
+            self.mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
+            self.std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
+            self.classes = meta["classes"]
+            self.palette = meta["label_palette"]
+            self.colours = np.asarray(self.palette, np.uint8).reshape(256, 3)
+        except (KeyError, ValueError, TypeError) as err:
+            raise SystemExit(f"error: {model_path}: not an edgeseg export (metadata: {first_line(err)})") from None
 
     def labels(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 class ids."""
@@ -107,6 +116,29 @@ def decode(value: str):
         return value
 
 
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, upright per EXIF; an unreadable, truncated or oversized
+    (decompression bomb) file stops with one line naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return np.asarray(image.convert("RGB"))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise SystemExit(f"error: {path}: image too large to decode safely (a decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise SystemExit(f"error: {path}: not a readable image (unknown or corrupt format)") from None
+    except Exception as err:  # any decoder failure: a truncated or corrupt file
+        raise SystemExit(f"error: {path}: truncated or corrupt image ({first_line(err)})") from None
+
+
 def expand(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
@@ -166,7 +198,7 @@ def main() -> None:
         if path.suffix.lower() in VIDEO_SUFFIXES or str(path).isdigit():
             run_video(segmenter, str(path), args.output)
             continue
-        rgb = np.asarray(Image.open(path).convert("RGB"))
+        rgb = read_rgb(path)
         started = time.perf_counter()
         label = segmenter.labels(rgb)
         ms = 1000 * (time.perf_counter() - started)

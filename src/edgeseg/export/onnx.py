@@ -105,6 +105,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool, size: tuple[
 
     exported = OnnxPredictor.from_bytes(data)
     check = _compare(reference, exported, check_images, int8)
+    if check["non_finite_logits"]:  # NaN compares as no difference: refuse it before any tolerance
+        raise ExportCheckError(f"{out}: not written: {check['non_finite_logits']} logits are NaN or infinite on "
+                               f"{check['check_images']} check images (the model's weights or inputs are not finite)")
     metrics = {"format": "onnx-int8" if int8 else "onnx", "opset": OPSET, "size": list(size), "dynamic": dynamic,
                "nodes_exported": nodes_exported, "nodes": len(proto.graph.node), **graph_changes, **check}
     if dynamic:
@@ -213,12 +216,13 @@ def _compare(reference: TorchPredictor, exported, images, int8: bool) -> dict:
     num_classes = reference.classes.num_classes
     ignore = reference.classes.ignore_index
     confusions = {"reference": ConfusionMatrix(num_classes, ignore), "exported": ConfusionMatrix(num_classes, ignore)}
-    same = total = 0
+    same = total = non_finite = 0
     max_diff = max_logit = 0.0
     labelled = all(labels is not None for _, labels in images)
     for image, labels in images:
         a = reference.logits(image[None])
         b = exported.logits(image[None])
+        non_finite += int((~torch.isfinite(a)).sum() + (~torch.isfinite(b)).sum())
         max_diff = max(max_diff, float((a - b).abs().max()))
         max_logit = max(max_logit, float(a.abs().max()))
         pa, pb = class_ids(a), class_ids(b)
@@ -228,7 +232,7 @@ def _compare(reference: TorchPredictor, exported, images, int8: bool) -> dict:
             confusions["reference"].update(pa, labels[None])
             confusions["exported"].update(pb, labels[None])
     result = {"check_images": len(images), "max_abs_diff": max_diff, "max_abs_logit": max_logit,
-              "agreement": same / total}
+              "agreement": same / total, "non_finite_logits": non_finite}
     if labelled:
         ref_miou = confusions["reference"].summary(reference.classes.names)["miou"]
         exp_miou = confusions["exported"].summary(reference.classes.names)["miou"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -25,7 +25,9 @@ from edgeseg.models.folded import strip_batchnorm
 from edgeseg.models.quant_spec import QuantizationRecord
 from edgeseg.models.quantized import attach_record
 from edgeseg.models.zoo import create_model
-from edgeseg.schema import StrictModel, validate
+from edgeseg.schema import StrictModel, check_positive_sizes, validate
+
+FORMAT_VERSION = 1
 
 
 class HistoryEntry(BaseModel):
@@ -41,21 +43,30 @@ class HistoryEntry(BaseModel):
 class ModelConfig(StrictModel):
     """The schema of a model directory's config.json."""
 
-    format_version: int = 1
+    format_version: int = Field(1, ge=1)
     architecture: str
     num_classes: int = Field(ge=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
     classes: list[str]
     palette: list[tuple[int, int, int]]
     ignore_index: int = 255
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    input_size: tuple[int, int] = Field(description="(height, width) the model is meant to run at")
+    mean: tuple[float, float, float]
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+    input_size: tuple[PositiveInt, PositiveInt] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
     history: list[HistoryEntry] = Field(default_factory=list, description="stages applied, oldest first")
     quantization: QuantizationRecord | None = Field(None, description="how and where the model is quantized")
     edgeseg_version: str = __version__
+
+    _positive_sizes = field_validator("arguments")(check_positive_sizes)
+
+    @field_validator("format_version")
+    @classmethod
+    def _readable_version(cls, value: int) -> int:
+        if value > FORMAT_VERSION:
+            raise ValueError(f"format {value} is newer than this edgeseg reads ({FORMAT_VERSION}); upgrade edgeseg")
+        return value
 
     def class_info(self) -> ClassInfo:
         return ClassInfo(tuple(self.classes), tuple(self.palette), self.ignore_index)
@@ -119,8 +130,11 @@ def save_model_dir(model: nn.Module, config: ModelConfig, path: str | Path,
                    extra_files: dict[str, str] | None = None) -> Path:
     """Write config.json + model.safetensors (+ ``extra_files``, name -> text) atomically: an
     existing directory is replaced only once the new one is complete. Subnormal weights are
-    stored as zeros."""
+    stored as zeros; weights holding NaN or infinities are refused (ModelError)."""
     state = {k: without_subnormals(v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ModelError(f"{path}: not written: weight '{bad}' holds NaN or infinite values")
 
     def build(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})

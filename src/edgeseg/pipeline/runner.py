@@ -29,7 +29,8 @@ import yaml
 from edgeseg.data.spec import open_source
 from edgeseg.errors import ConfigError
 from edgeseg.fileio import atomic_write_json, atomic_write_text, check_output
-from edgeseg.layout import RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, STAGE_MODEL, STAGE_SPEC, STAGES_DIR
+from edgeseg.layout import (RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, STAGE_SPEC, STAGES_DIR,
+                            TRAIN_STATE)
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.recipe import Recipe
 from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown, stage_pictures
@@ -140,17 +141,25 @@ def stage_settings(recipe: Recipe, name: str, spec: Stage, stage_dir: Path) -> d
         config["data"].pop("num_workers", None)
         config["model"].pop("init_from", None)
         settings["train"] = config
+    settings["report_split"] = recipe.report.split  # metrics.json holds measurements on this split
     return settings
 
 
 def _check_unchanged(stage_dir: Path, settings: dict) -> None:
     spec_file = stage_dir / STAGE_SPEC
-    if spec_file.is_file():
+    if spec_file.is_file() and _did_work(stage_dir):
         recorded = json.loads(spec_file.read_text(encoding="utf-8"))
+        recorded.setdefault("report_split", settings["report_split"])  # a directory older than the key
         if recorded != settings:
             raise ConfigError(f"{stage_dir}: this stage ran with other settings (changed: "
                               f"{', '.join(_changed_keys(recorded, settings))}); "
                               f"delete {stage_dir} to run it (and the stages after it) again")
+
+
+def _did_work(stage_dir: Path) -> bool:
+    """Whether a stage left something a rerun would build on (its metrics.json, or a training
+    state under it); one that failed before that is simply redone with the new settings."""
+    return (stage_dir / STAGE_METRICS).is_file() or next(stage_dir.rglob(TRAIN_STATE), None) is not None
 
 
 def _finish(stage_dir: Path, settings: dict, log: Log, work) -> dict:

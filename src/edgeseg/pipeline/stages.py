@@ -21,11 +21,12 @@ from edgeseg.errors import ConfigError
 from edgeseg.export.bundle import write_bundle
 from edgeseg.export.onnx import Tolerances, export_onnx
 from edgeseg.fileio import atomic_replace_dir
-from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, TRAIN_STATE, WEIGHTS_NAME
+from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, WEIGHTS_NAME
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, Stage, ThresholdStage, TrainStage
 from edgeseg.schema import StrictModel, merge, validate
 from edgeseg.training import distributed
+from edgeseg.training.checkpoint import has_resumable_state
 from edgeseg.training.config import TrainConfig
 from edgeseg.training.loop import read_metrics_csv, train
 
@@ -249,7 +250,7 @@ def _data_of(source: Path, ctx: StageContext) -> str:
 
 
 def _resumable(run_dir: Path) -> Path | None:
-    if (run_dir / LAST_DIR / TRAIN_STATE).is_file():
+    if has_resumable_state(run_dir):
         return run_dir
     if run_dir.exists():  # killed before its first epoch ended: nothing to keep (every rank may try)
         shutil.rmtree(run_dir, ignore_errors=True)

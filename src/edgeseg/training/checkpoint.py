@@ -4,18 +4,21 @@
 ``optimizer.safetensors`` (every tensor of the optimizer state, keyed ``<param index>.<name>``)
 and ``state.json`` (epoch, step, best mIoU, optimizer hyper-parameters and scalar state).
 Random state needs no file: the loop reseeds from (seed, epoch, rank) at every epoch. The
-folder is replaced atomically.
+folder is replaced atomically; a run killed inside that replacement is repaired by
+``recover_run_dir`` at the next start.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.fileio import atomic_replace_dir
 
 
@@ -79,3 +82,46 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     except (ValueError, RuntimeError, KeyError) as err:
         raise EdgesegError(f"{path}: cannot resume, the checkpoint does not fit this config ({str(err).splitlines()[0]})") from None
     return data["progress"]
+
+
+STATE_DIRS = ("last", "best")
+RUN_FILES = ("last", "best", "metrics.csv", "config.yaml")
+
+
+def recover_run_dir(run_dir: Path) -> list[str]:
+    """Repair what a kill inside an atomic write leaves in ``run_dir``: temporary folders and
+    files (``.last.*.tmp``, ...) are removed; ``last.old`` (``best.old``) becomes ``last``
+    (``best``) again when the kill came between the two renames, and is removed when the new
+    one is complete. Returns what was done, one line each."""
+    done = []
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+            done.append(f"removed {tmp.name}, left by a run stopped while writing it")
+    for name in STATE_DIRS:
+        current, old = run_dir / name, run_dir / f"{name}.old"
+        if not old.is_dir():
+            continue
+        if current.is_dir():
+            shutil.rmtree(old)
+        else:
+            os.replace(old, current)
+            done.append(f"restored {name}/ from {name}.old/ (the run stopped while replacing it)")
+    return done
+
+
+def has_resumable_state(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a ``last/`` state (or the ``last.old/`` a kill left)."""
+    return any((run_dir / name / "state.json").is_file() for name in ("last", "last.old"))
+
+
+def saved_progress(run_dir: Path) -> dict:
+    """The progress (epoch, step, best_miou, ...) recorded in ``last/`` (or ``last.old/``)."""
+    for name in ("last", "last.old"):
+        try:
+            return json.loads((run_dir / name / "state.json").read_text())["progress"]
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{run_dir / name / 'state.json'}: unreadable checkpoint state") from None
+    raise ConfigError(f"{run_dir}: nothing to resume (no last/state.json)")

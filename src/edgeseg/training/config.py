@@ -13,7 +13,7 @@ from edgeseg.compress.sparsity import SparsityConfig
 from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
-from edgeseg.schema import StrictModel, apply_overrides, load_yaml, parse_value, validate  # noqa: F401
+from edgeseg.schema import StrictModel, apply_overrides, check_positive_sizes, load_yaml, parse_value, validate  # noqa: F401
 
 
 
@@ -24,6 +24,8 @@ class ModelSection(StrictModel):
     pretrained: str | None = Field(None, description="a local .safetensors file, a model dir, or an explicit URL")
     init_from: str | None = Field(
         None, description="a model directory to continue from: its architecture, arguments and weights (name and args are then ignored)")
+
+    _positive_sizes = field_validator("args")(check_positive_sizes)
 
 
 class OptimizerSection(StrictModel):
@@ -97,6 +99,15 @@ class TrainConfig(StrictModel):
         None, description="channels-last memory format; unset: on with CUDA, off on the CPU (where it helps some models)")
     tensorboard: bool = True
     log_every: int = Field(20, ge=1, description="steps between TensorBoard loss/lr points")
+    history: list[dict[str, Any]] = Field(
+        default_factory=list, description="written by edgeseg: divergence stops and keys changed on --resume")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError(f"must be a plain folder name under runs_dir (no '/' or '..'), got '{value}'")
+        return value
 
     @field_validator("cpu_amp", mode="before")
     @classmethod
@@ -162,3 +173,51 @@ def _section_type(annotation):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
+
+
+# Keys a resumed run may change: they cannot change what it computes.
+RESUME_FREE_KEYS = ("name", "runs_dir", "device", "tensorboard", "log_every", "data.num_workers", "data.cache",
+                    "sparsity.display_sparsity")
+# Keys a run stopped by divergence may also change when resumed: the remedies.
+RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
+
+
+def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """The config that continues ``run_dir``: ``path`` (default: the run's config.yaml) with
+    ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
+    (``RESUME_FREE_KEYS``; after a divergence stop also the lr, schedule and gradient
+    clipping); anything else is a ConfigError naming the keys. Changes are appended to
+    ``history`` with the epoch they start from."""
+    from edgeseg.training.checkpoint import saved_progress  # imports torch: not for every config load
+
+    saved_file = Path(run_dir) / "config.yaml"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: run directory not found")
+    if not saved_file.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
+    saved = load_train_config(saved_file)
+    requested = load_train_config(path if path is not None else saved_file, overrides)
+    old, new = _flat(saved.model_dump(mode="json")), _flat(requested.model_dump(mode="json"))
+    changed = [k for k in sorted(set(old) | set(new)) if k != "history" and old.get(k) != new.get(k)]
+    diverged = bool(saved.history) and "diverged" in saved.history[-1]
+    free = RESUME_FREE_KEYS + (RESUME_AFTER_DIVERGENCE_KEYS if diverged else ())
+    refused = [k for k in changed if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in free)]
+    if refused:
+        hint = ("" if diverged else "; after a divergence stop the lr, schedule and clip_grad_norm may change")
+        raise ConfigError(f"{run_dir}: --resume cannot change what the run computes ({', '.join(refused)} differ "
+                          f"from its config.yaml); start a new run to change them{hint}")
+    history = list(saved.history)
+    if changed:
+        epoch = saved_progress(Path(run_dir))["epoch"]
+        history.append({"resumed_after_epoch": epoch, "changed": {k: [old.get(k), new.get(k)] for k in changed}})
+    return requested.model_copy(update={"history": history})
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "args":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from edgeseg.models.model_dir import flush_subnormals_
 from edgeseg.plots import write_run_pictures
 from edgeseg.runtime import cpu_has_native_bfloat16, track
 from edgeseg.training import distributed
-from edgeseg.training.checkpoint import load_training_state, save_training_state
+from edgeseg.training.checkpoint import (has_resumable_state, load_training_state, recover_run_dir,
+                                     save_training_state)
 from edgeseg.training.config import TrainConfig
 from edgeseg.training.losses import pixel_loss
 from edgeseg.training.pretrained import load_pretrained
@@ -183,6 +185,58 @@ def read_metrics_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+class TrainingDiverged(EdgesegError):
+    """The loss or the weights became NaN or infinite; ``last/`` still holds the epoch before."""
+
+
+def diverged(config: TrainConfig, run_dir: Path, process: distributed.Process, epoch: int, step: int,
+             steps_per_epoch: int, what: str) -> None:
+    """Record the divergence in config.yaml's history (so that ``--resume`` may lower the lr)
+    and raise TrainingDiverged naming the epoch and step."""
+    in_epoch = step - epoch * steps_per_epoch + 1
+    resumable = has_resumable_state(run_dir)
+    if process.is_main and resumable:
+        event = {"diverged": {"epoch": epoch + 1, "step": in_epoch, "global_step": step + 1, "cause": what}}
+        history = [*config.history, event]
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
+            config.model_copy(update={"history": history}).model_dump(mode="json"), sort_keys=False))
+    where = (f"{run_dir}/last keeps epoch {epoch}: lower the lr and continue with 'edgeseg train --resume "
+             f"{run_dir} optimizer.lr={config.optimizer.lr / 10:g}'" if resumable else
+             f"nothing was saved: lower optimizer.lr (now {config.optimizer.lr:g}) and train again")
+    raise TrainingDiverged(f"training diverged at epoch {epoch + 1}, step {in_epoch} of {steps_per_epoch}: "
+                           f"{what}; {where}")
+
+
+def first_non_finite(*models: torch.nn.Module | None) -> str | None:
+    """The name of the first weight or buffer holding NaN or infinity, or None."""
+    for model in models:
+        for name, tensor in (model.state_dict().items() if model is not None else ()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return name
+    return None
+
+
+def check_split_sizes(config: TrainConfig, train_set, world_size: int) -> None:
+    """At least one full batch per process per epoch (the loader drops a partial one)."""
+    need = config.batch_size * world_size
+    if len(train_set) < need:
+        raise ConfigError(f"batch_size: the '{config.data.train_split}' split has {len(train_set)} images, fewer than "
+                          f"one batch of {config.batch_size}{f' on each of {world_size} processes' if world_size > 1 else ''}"
+                          f" (lower batch_size or add images)")
+
+
+def check_val_split(val_set, split: str) -> None:
+    """Read every val sample now (a bad file fails before epoch 1, not after ``eval_every``
+    epochs) and require some labelled pixels, without which mIoU, and so best/, cannot exist."""
+    if len(val_set) == 0:
+        raise EdgesegError(f"data.val_split: the '{split}' split has no images; it is needed to measure mIoU")
+    num_classes = val_set.classes.num_classes
+    labelled = sum(int((val_set.load(i)[1] < num_classes).sum()) for i in range(len(val_set)))
+    if labelled == 0:
+        raise EdgesegError(f"data.val_split: every pixel of the '{split}' split ({len(val_set)} images) is void "
+                           f"({val_set.classes.ignore_index}), so mIoU cannot be measured and no best/ saved")
+
+
 def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> RunResult:
     """Train per ``config``; with ``resume_dir`` continue that run from its ``last/`` state.
 
@@ -194,6 +248,8 @@ def train(config: TrainConfig, resume_dir: Path | None = None, log=print) -> Run
     call evaluated). Randomness is reseeded every epoch from (seed, epoch, rank), so a
     resumed run continues exactly.
     Under torchrun every process trains on its shard; rank 0 alone writes.
+    The val split is read before epoch 1; a NaN or infinite loss or weight stops the run
+    (TrainingDiverged) before anything non-finite is saved.
     """
     process = distributed.start(config.device)
     try:
@@ -213,8 +269,12 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     source = open_source(config.data.spec)
     classes = source.classes
     transform = TrainTransform(config.augment, config.data.mean, config.data.std)
+    for note in getattr(source, "notes", []):
+        log(f"data: {note}")
     train_set = source.dataset(config.data.train_split, cache=config.data.cache, transform=transform)
     val_set = source.dataset(config.data.val_split, cache=config.data.cache)
+    check_split_sizes(config, train_set, process.world_size)
+    check_val_split(val_set, config.data.val_split)
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
     model, model_config = build_model(config, classes, val_set)
@@ -231,6 +291,11 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                            config.loss.ohem_threshold, config.loss.ohem_min_kept)
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
+    if resume_dir is None:
+        config = config.model_copy(update={"history": []})  # a new run has no past
+    elif process.is_main:
+        for line in recover_run_dir(run_dir):
+            log(f"{run_dir}: {line}")
     if process.distributed:  # every rank must agree on rank 0's choice of folder
         run_dir = Path(distributed.broadcast_text(process, str(run_dir)))
     start_epoch, step, best, rows = 0, 0, -1.0, []
@@ -282,6 +347,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             labels = labels.to(device, non_blocking=True)
             with autocast():
                 loss = criterion(net(images), labels)
+            loss_value = float(loss.detach())
+            # every rank must stop at the same step, or the others wait in all-reduce for ever
+            if distributed.sum_across(process, float(not math.isfinite(loss_value)))[0]:
+                diverged(config, run_dir, process, epoch, step, steps_per_epoch, f"the loss is {loss_value}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip_grad_norm:
@@ -293,7 +362,6 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                 sparsity.after_step(step + 1, lr, lr_mults)
             if average:
                 average.update(step)
-            loss_value = float(loss.detach())
             total_loss += loss_value * images.shape[0]
             seen += images.shape[0]
             step += 1
@@ -309,6 +377,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         if average_model is not None:
             flush_subnormals_(average_model)
         total_loss, seen = distributed.sum_across(process, total_loss, seen)
+        bad = first_non_finite(model, average_model)
+        if bad is not None:
+            diverged(config, run_dir, process, epoch, step - 1, steps_per_epoch, f"weight '{bad}' is not finite")
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
                "train_images_per_s": f"{seen / seconds:.2f}"}

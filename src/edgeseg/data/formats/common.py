@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.classes import ClassInfo, bit_palette
+from edgeseg.data.classes import IGNORE_INDEX, ClassInfo, bit_palette
 from edgeseg.data.dataset import Sample, seeded_split
 from edgeseg.data.imageio import read_label_raw
 from edgeseg.errors import DataError
@@ -88,9 +88,12 @@ def read_colormap(path: Path) -> list[tuple[int, int, int]]:
     return colours
 
 
-def infer_num_classes(samples: list[Sample], void_values: list[int], limit: int = 200) -> int:
-    """Largest non-void raw value + 1 over (up to ``limit``) label files."""
-    highest = -1
+def infer_num_classes(samples: list[Sample], void_values: list[int], limit: int = 200,
+                      notes: list[str] | None = None) -> int:
+    """Largest non-void raw value + 1 over (up to ``limit``) label files. Values that leave a
+    gap (0-2 and 9: a stray 9 would add classes 3-9) are explained in ``notes``; a value
+    above 254 is an error."""
+    seen: dict[int, Path] = {}
     for sample in samples[:limit]:
         if sample.label is None or not sample.label.is_file():
             continue
@@ -98,12 +101,25 @@ def infer_num_classes(samples: list[Sample], void_values: list[int], limit: int 
         if raw.values is None:
             raise DataError(f"{sample.label}: RGB colour labels need a colormap file to define the classes")
         values = np.unique(raw.values)
-        values = values[~np.isin(values, void_values)]
-        if values.size:
-            highest = max(highest, int(values.max()))
-    if highest < 0:
+        for value in values[~np.isin(values, void_values)].tolist():
+            seen.setdefault(int(value), sample.label)
+    if not seen:
         raise DataError("cannot infer the classes: no labelled pixels found (give a classes file)")
+    highest = max(seen)
+    if highest >= IGNORE_INDEX:
+        raise DataError(f"{seen[highest]}: label value {highest} cannot be a class id (at most {IGNORE_INDEX - 1}); "
+                        f"give classes.txt and void_values, or save labels as 8-bit class ids")
+    missing = sorted(set(range(highest + 1)) - set(seen))
+    if missing and notes is not None:
+        notes.append(f"classes inferred from label values as 0-{highest}, but values "
+                     f"{_span(missing)} never occur: {highest} (first in {seen[highest]}) may be a stray value "
+                     f"that adds classes; give classes.txt to fix the class list")
     return highest + 1
+
+
+def _span(values: list[int]) -> str:
+    return f"{values[0]}-{values[-1]}" if len(values) > 2 and values[-1] - values[0] == len(values) - 1 else \
+        ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
 
 
 def build_classes(names: list[str] | None, colours: list[tuple[int, int, int]] | None,

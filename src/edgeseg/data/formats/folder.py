@@ -5,6 +5,7 @@ Optional classes.txt and colormap.txt in the root."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgeseg.data.dataset import FileSource, pair_by_stem
@@ -28,8 +29,9 @@ def find_split_folders(root: Path) -> dict[str, Path]:
             if p.is_dir() and (p / "images").is_dir() and _label_dir(p)}
 
 
-def class_setup(config, root: Path, samples, where: str):
-    """(ClassInfo, LabelCoding) from config keys, classes.txt / colormap.txt, or the labels."""
+def class_setup(config, root: Path, samples, where: str, notes: list[str] | None = None):
+    """(ClassInfo, LabelCoding) from config keys, classes.txt / colormap.txt, or the labels
+    (a doubtful inference is explained in ``notes``)."""
     names = None
     if isinstance(config.classes, list):
         names = config.classes
@@ -41,11 +43,11 @@ def class_setup(config, root: Path, samples, where: str):
         (root / n for n in ("colormap.txt", "colors.txt", "colours.txt") if (root / n).is_file()), None)
     colours = read_colormap(colormap_file) if colormap_file else config.palette
     void = list(config.void_values) if config.void_values is not None else [IGNORE_INDEX]
-    count = None if (names or colours) else infer_num_classes(samples, void)
+    count = None if (names or colours) else infer_num_classes(samples, void, notes=notes)
     classes = build_classes(names, colours, count, where)
     if not colormap_file and not config.palette:
         classes = _palette_from_labels(classes, samples)
-    coding = LabelCoding.identity(classes.num_classes, tuple(void))
+    coding = replace(LabelCoding.identity(classes.num_classes, tuple(void)), allow_lossy=config.allow_lossy_labels)
     if colormap_file:
         voids = [tuple(c) for c in config.void_colours]
         coding = coding.with_colours([*classes.palette, *voids],
@@ -80,5 +82,5 @@ def open_folder(config) -> FileSource:
     notes: list[str] = []
     splits = with_val_split(splits, config.val_fraction, config.split_seed, notes)
     all_samples = [s for split in splits.values() for s in split]
-    classes, coding = class_setup(config, root, all_samples, f"folder:{root}")
+    classes, coding = class_setup(config, root, all_samples, f"folder:{root}", notes)
     return FileSource(f"folder:{root}", classes, coding, splits, notes, problems)

@@ -27,5 +27,5 @@ def open_list(config) -> FileSource:
     splits = with_val_split(splits, config.val_fraction, config.split_seed, notes)
     class_root = config.root or first_list.parent
     all_samples = [s for split in splits.values() for s in split]
-    classes, coding = class_setup(config, class_root, all_samples, f"list:{first_list}")
+    classes, coding = class_setup(config, class_root, all_samples, f"list:{first_list}", notes)
     return FileSource(f"list:{first_list}", classes, coding, splits, notes)
