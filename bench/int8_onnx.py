@@ -24,7 +24,7 @@ from edgeseg.compress.sample_images import real_check_images
 from edgeseg.data.spec import open_dataset
 from edgeseg.evaluation import evaluate
 from edgeseg.export.onnx import export_onnx
-from edgeseg.inference import OnnxPredictor, load_predictor
+from edgeseg.predict.predictors import OnnxPredictor, load_predictor
 
 
 def ort_quantize_static(fp32_onnx: Path, out: Path, images: list[torch.Tensor], size: tuple[int, int]) -> None:

@@ -22,7 +22,7 @@ from edgeseg.compress.sample_images import labelled_images
 from edgeseg.data.spec import open_dataset
 from edgeseg.evaluation import evaluate
 from edgeseg.export.onnx import export_onnx
-from edgeseg.inference import OnnxPredictor, load_predictor
+from edgeseg.predict.predictors import OnnxPredictor, load_predictor
 from edgeseg.models import load_model_dir
 from edgeseg.models.blocks import ConvBNAct
 

@@ -21,7 +21,7 @@ import torch
 from edgeseg.compress.threshold import ThresholdConfig, threshold_model_dir
 from edgeseg.data.spec import open_dataset
 from edgeseg.evaluation import evaluate
-from edgeseg.inference import load_predictor
+from edgeseg.predict.predictors import load_predictor
 
 
 def main() -> None:

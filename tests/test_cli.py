@@ -12,7 +12,7 @@ from edgeseg.data.classes import CAMVID
 from edgeseg.data.spec import open_dataset
 from edgeseg.data.transforms import EvalTransform
 from edgeseg.models import create_model, model_config_for, save_model_dir
-from edgeseg.predict import overlay
+from edgeseg.predict.outputs import overlay
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.export import onnx as onnx_export
 from edgeseg.export.onnx import ExportCheckError, export_onnx
-from edgeseg.inference import OnnxPredictor, TorchPredictor
+from edgeseg.predict.predictors import OnnxPredictor, TorchPredictor
 from edgeseg.models import load_model_dir
 
 
@@ -174,22 +174,27 @@ def test_bundle_runs_without_edgeseg_and_writes_what_edgeseg_predict_writes(mode
     assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "meta.yaml", "model.onnx", "requirements.txt",
                                                          "run.py"]
     rng = np.random.default_rng(3)
-    for name in ("x", "y"):
-        write_image(tmp_path / "images" / f"{name}.png", rng.integers(0, 256, (240, 320, 3)))
+    # a PNG, a JPEG (labels are still PNG) and two files whose stems collide across folders
+    write_image(tmp_path / "images" / "x.png", rng.integers(0, 256, (240, 320, 3)))
+    write_image(tmp_path / "images" / "y.jpg", rng.integers(0, 256, (200, 300, 3)))
+    write_image(tmp_path / "more" / "x.png", rng.integers(0, 256, (240, 320, 3)))
+    sources = [str(tmp_path / "images"), str(tmp_path / "more" / "x.png")]
     site = isolated_python_path(tmp_path)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(site), "HOME": str(tmp_path)}
     probe = subprocess.run([sys.executable, "-S", "-c", "import edgeseg"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'edgeseg'" in probe.stderr
-    proc = subprocess.run([sys.executable, "-S", str(bundle / "run.py"), "-i", str(tmp_path / "images"), "-o",
+    proc = subprocess.run([sys.executable, "-S", str(bundle / "run.py"), "-i", *sources, "-o",
                            str(tmp_path / "bundle-out"), "--overlay"], env=env, capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    run_cli("predict", str(bundle), str(tmp_path / "images"), "--out", str(tmp_path / "edgeseg-out"), "--overlay",
-            check=True)
-    for name in ("x", "y", "x_overlay", "y_overlay"):  # overlays with their legends look the same too
-        ours = np.asarray(Image.open(tmp_path / "edgeseg-out" / f"{name}.png"))
-        theirs = np.asarray(Image.open(tmp_path / "bundle-out" / f"{name}.png"))
-        assert np.array_equal(ours, theirs)
+    run_cli("predict", str(bundle), *sources, "--out", str(tmp_path / "edgeseg-out"), "--overlay", check=True)
+    names = ["images_x", "images_x_overlay", "more_x", "more_x_overlay", "y", "y_overlay"]
+    for folder in ("bundle-out", "edgeseg-out"):
+        assert sorted(p.stem for p in (tmp_path / folder).iterdir() if not p.name.startswith(".")) == names
+    for name in names:  # label maps and overlays with their legends, pixel for pixel
+        ours = Image.open(tmp_path / "edgeseg-out" / f"{name}.png")
+        theirs = Image.open(tmp_path / "bundle-out" / f"{name}.png")
+        assert ours.mode == theirs.mode and np.array_equal(np.asarray(ours), np.asarray(theirs)), name
 
 
 def test_predict_writes_an_overlay_video_at_the_source_frame_rate(models, tmp_path):

@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeseg"
 
 # lowest first; a module belongs to the longest prefix listed
 LAYERS = [
-    ["edgeseg", "edgeseg.errors", "edgeseg.schema", "edgeseg.fileio", "edgeseg.layout", "edgeseg.runtime", "edgeseg.onnx_metadata",
+    ["edgeseg", "edgeseg.errors", "edgeseg.schema", "edgeseg.fileio", "edgeseg.layout", "edgeseg.runtime",
      "edgeseg.metrics"],
     ["edgeseg.data"],
     ["edgeseg.models"],
-    ["edgeseg.inference", "edgeseg.evaluation", "edgeseg.predict", "edgeseg.benchmark", "edgeseg.plots"],
+    ["edgeseg.evaluation", "edgeseg.predict", "edgeseg.benchmark", "edgeseg.plots"],
     ["edgeseg.compress"],
     ["edgeseg.training"],
     ["edgeseg.export"],

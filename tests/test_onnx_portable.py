@@ -18,9 +18,9 @@ from edgeseg.data.classes import ClassInfo
 from edgeseg.export import opencv_check
 from edgeseg.export.onnx import ExportCheckError, export_onnx, to_onnx
 from edgeseg.export.onnx_graph import optimize_graph
-from edgeseg.onnx_metadata import read_metadata
+from edgeseg.predict.metadata import read_metadata
 from edgeseg.export.opencv_check import OpenCVLoadError, compare_with_opencv
-from edgeseg.inference import OnnxPredictor, TorchPredictor
+from edgeseg.predict.predictors import OnnxPredictor, TorchPredictor
 from edgeseg.models import create_model, list_models, model_config_for, save_model_dir
 from edgeseg.models.blocks import AdaptiveAvgPool, averaging_matrix
 

@@ -20,7 +20,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_legend_strip_shows_exactly_the_colours_of_the_classes_present():
     from edgeseg.export import bundle_run
-    from edgeseg.predict import overlay, with_legend
+    from edgeseg.predict.outputs import overlay, with_legend
 
     classes = generic_classes(6)  # bit palette 0..5: no greys, so no text pixel can match a swatch
     rng = np.random.default_rng(0)
@@ -46,7 +46,7 @@ def test_legend_strip_shows_exactly_the_colours_of_the_classes_present():
 
 
 def test_legend_of_a_narrow_image_is_widened_not_clipped():
-    from edgeseg.predict import with_legend
+    from edgeseg.predict.outputs import with_legend
 
     label = np.arange(11, dtype=np.uint8).repeat(3)[None].repeat(8, axis=0)
     shown = with_legend(np.zeros((8, 33, 3), np.uint8), label, CAMVID)

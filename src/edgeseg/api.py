@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from edgeseg.data.imageio import read_image
 from edgeseg.data.spec import open_dataset
 from edgeseg.errors import DataError
 from edgeseg.evaluation import evaluate as evaluate_predictor
-from edgeseg.inference import load_predictor
-from edgeseg.predict import overlay as overlay_labels
+from edgeseg.predict.predictors import label_map, load_predictor
+from edgeseg.predict.outputs import overlay as overlay_labels
 from edgeseg.runtime import resolve_device
 from edgeseg.schema import load_yaml, merge, validate
 from edgeseg.training.config import TrainConfig
@@ -53,9 +52,7 @@ class Segmenter:
     def predict(self, image: Any) -> np.ndarray:
         """(H, W) uint8 class ids for ``image``: an (H, W, 3) RGB uint8 array, an (H, W)
         grey array, a PIL image (EXIF orientation applied) or an image file path."""
-        rgb = as_rgb_array(image)
-        tensor = self.predictor.normalize.image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))[None]
-        return self.predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+        return label_map(self.predictor, as_rgb_array(image))
 
     def overlay(self, image: Any, labels: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
         """The image with its class colours blended in (``labels`` predicted when omitted),

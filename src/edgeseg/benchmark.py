@@ -11,6 +11,10 @@ import time
 
 import torch
 
+from edgeseg.data.imageio import read_image
+from edgeseg.predict.outputs import label_png
+from edgeseg.predict.predictors import Predictor, label_map
+
 
 def measure_side_by_side(predictors: dict[str, object], size: tuple[int, int], runs: int = 20,
                          warmup: int = 3) -> dict[str, dict]:
@@ -48,17 +52,11 @@ def measure_latency(predictor, size: tuple[int, int], runs: int = 20, warmup: in
     return measure_side_by_side({"model": predictor}, size, runs, warmup)["model"]
 
 
-def end_to_end(predictor, images: list, warmup: int = 2) -> dict:
+def end_to_end(predictor: Predictor, images: list, warmup: int = 2) -> dict:
     """Frames per second of the whole path a deployed model runs per image: decode the file,
     normalise, predict, argmax, encode the paletted label PNG (nothing written to disk)."""
-    from edgeseg.data.imageio import read_image
-    from edgeseg.predict import label_png
-
     def one(path) -> None:
-        image = read_image(path)
-        tensor = predictor.normalize.image(torch.from_numpy(image).permute(2, 0, 1))[None]
-        label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
-        label_png(label, predictor.classes)
+        label_png(label_map(predictor, read_image(path)), predictor.classes)
 
     with torch.inference_mode():
         for path in images[:warmup]:

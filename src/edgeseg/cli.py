@@ -199,7 +199,7 @@ def eval_command(
     from edgeseg.data.spec import open_dataset
     from edgeseg.evaluation import evaluate
     from edgeseg.fileio import atomic_write_json, check_output
-    from edgeseg.inference import load_predictor
+    from edgeseg.predict.predictors import load_predictor
     from edgeseg.runtime import resolve_device
 
     for output in (json_file, plot):
@@ -235,8 +235,9 @@ def predict_command(
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
     from edgeseg.fileio import check_files, check_output, mark_output
-    from edgeseg.inference import load_predictor
-    from edgeseg.predict import expand_sources, is_video_source, output_names, predict_images, predict_video
+    from edgeseg.predict.predictors import load_predictor
+    from edgeseg.predict.outputs import predict_images, predict_video
+    from edgeseg.predict.sources import expand_sources, is_video_source, output_names
     from edgeseg.runtime import resolve_device
 
     videos = [source for source in sources if is_video_source(source)]
@@ -419,8 +420,8 @@ def bench_command(
     pre-processing, argmax and PNG encoding."""
     from edgeseg.benchmark import end_to_end, measure_side_by_side
     from edgeseg.fileio import atomic_write_json, check_output
-    from edgeseg.inference import load_predictor
-    from edgeseg.predict import expand_sources
+    from edgeseg.predict.predictors import load_predictor
+    from edgeseg.predict.sources import expand_sources
     from edgeseg.runtime import resolve_device
 
     if json_file:

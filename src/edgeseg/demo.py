@@ -17,10 +17,10 @@ from rich.console import Console
 
 from edgeseg.data.doctor import check_dataset
 from edgeseg.data.spec import open_source
-from edgeseg.inference import load_predictor
+from edgeseg.predict.predictors import load_predictor
 from edgeseg.pipeline import run_pipeline
 from edgeseg.pipeline.recipe import check_recipe
-from edgeseg.predict import predict_images
+from edgeseg.predict.outputs import predict_images
 from edgeseg.reports import print_doctor
 
 DEMO_SPEC = "synthetic:48"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeseg.errors import ModelError
-from edgeseg.inference import TorchPredictor
+from edgeseg.predict.predictors import TorchPredictor
 from edgeseg.models.folded import ChannelAffine, block_batchnorms, give_bias, replace_free_batchnorms
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
 from edgeseg.models.profile import zero_weight_count

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeseg.data.classes import IGNORE_INDEX
 from edgeseg.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 INVALID = -1
 LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
 

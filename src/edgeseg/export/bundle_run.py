@@ -25,7 +25,7 @@ import onnxruntime
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
 class Segmenter:
@@ -152,6 +152,17 @@ def expand(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def output_names(images: list[Path]) -> list[str]:
+    """Output stems: the image's stem, prefixed with its folder where two stems collide
+    (as edgeseg predict names them)."""
+    stems = [p.stem for p in images]
+    names = [f"{path.parent.name}_{stem}" if stems.count(stem) > 1 else stem for path, stem in zip(images, stems)]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SystemExit(f"error: two inputs would both be written as {dup}.png; run them into separate outputs")
+    return names
+
+
 def run_video(segmenter: Segmenter, source: str, out_dir: Path) -> None:
     try:
         import cv2
@@ -194,18 +205,20 @@ def main() -> None:
     args = parser.parse_args()
     segmenter = Segmenter(args.model, args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
-    for path in expand(args.input):
-        if path.suffix.lower() in VIDEO_SUFFIXES or str(path).isdigit():
-            run_video(segmenter, str(path), args.output)
-            continue
+    paths = expand(args.input)
+    videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES or str(p).isdigit()]
+    images = [p for p in paths if p not in videos]
+    for video in videos:
+        run_video(segmenter, str(video), args.output)
+    for path, name in zip(images, output_names(images)):
         rgb = read_rgb(path)
         started = time.perf_counter()
         label = segmenter.labels(rgb)
         ms = 1000 * (time.perf_counter() - started)
-        segmenter.label_image(label).save(args.output / f"{path.stem}.png")
+        segmenter.label_image(label).save(args.output / f"{name}.png")
         if args.overlay:
             Image.fromarray(segmenter.with_legend(segmenter.overlay(rgb, label), label)).save(
-                args.output / f"{path.stem}_overlay.png")
+                args.output / f"{name}_overlay.png")
         print(f"{path}: {ms:.1f} ms")
 
 

@@ -34,12 +34,12 @@ from edgeseg.export.onnx_graph import (clip_activation_levels, fold_weight_quant
                                       quantize_conv_biases, without_local_paths)
 from edgeseg.export.opencv_check import OpenCVLoadError, compare_with_opencv
 from edgeseg.fileio import atomic_write_bytes
-from edgeseg.inference import TorchPredictor
+from edgeseg.predict.predictors import TorchPredictor
 from edgeseg.metrics import ConfusionMatrix, class_ids
 from edgeseg.models.blocks import AdaptiveAvgPool
 from edgeseg.models.model_dir import load_model_dir
 from edgeseg.models.stride import pad_to_stride
-from edgeseg.onnx_metadata import set_metadata
+from edgeseg.predict.metadata import set_metadata
 
 OPSET = 17
 ONNX_IR_VERSION = 9  # readable by every ONNX Runtime since 1.15
@@ -101,7 +101,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool, size: tuple[
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
-    from edgeseg.inference import OnnxPredictor
+    from edgeseg.predict.predictors import OnnxPredictor
 
     exported = OnnxPredictor.from_bytes(data)
     check = _compare(reference, exported, check_images, int8)

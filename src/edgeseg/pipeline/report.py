@@ -13,7 +13,7 @@ from edgeseg import __version__
 from edgeseg.benchmark import measure_side_by_side
 from edgeseg.evaluation import evaluate
 from edgeseg.fileio import atomic_write_bytes
-from edgeseg.inference import load_predictor
+from edgeseg.predict.predictors import load_predictor
 from edgeseg.layout import WEIGHTS_NAME
 from edgeseg.models.profile import profile_model
 from edgeseg.models.stride import round_up

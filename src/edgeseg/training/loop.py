@@ -27,7 +27,7 @@ from edgeseg.data.transforms import TrainTransform
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluation import evaluate
 from edgeseg.fileio import atomic_write_text
-from edgeseg.inference import TorchPredictor
+from edgeseg.predict.predictors import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.model_dir import flush_subnormals_
 from edgeseg.plots import write_run_pictures

@@ -1,54 +1,23 @@
-"""Prediction on images, folders, globs and list files: paletted label PNGs and overlays."""
+"""What prediction writes: paletted label PNGs, overlays with a class legend, and overlay
+videos, for the images and videos ``predict.sources`` finds."""
 
 from __future__ import annotations
 
-import glob
 import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from edgeseg.data.classes import ClassInfo
-from edgeseg.data.imageio import IMAGE_SUFFIXES, list_images, read_image
+from edgeseg.data.imageio import read_image
 from edgeseg.errors import DataError
 from edgeseg.fileio import atomic_write_bytes
+from edgeseg.predict.predictors import Predictor, label_map
+from edgeseg.predict.sources import output_names
 from edgeseg.runtime import track
-
-LIST_SUFFIXES = (".txt", ".lst")
-
-
-def expand_sources(sources: list[str]) -> list[Path]:
-    """Image paths from files, folders (their images, sorted), glob patterns and list files
-    (first field of each line; relative paths from the list's folder). Missing -> DataError."""
-    images: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if any(ch in source for ch in "*?[") and not path.exists():
-            matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
-            matches = [p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES]
-            if not matches:
-                raise DataError(f"{source}: no images match this pattern")
-            images += matches
-        elif path.is_dir():
-            found = list_images(path)
-            if not found:
-                raise DataError(f"{path}: folder holds no images")
-            images += found
-        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and not line.startswith("#"):
-                    entry = Path(line.split()[0])
-                    images.append(entry if entry.is_absolute() else path.parent / entry)
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise DataError(f"{path}: file not found")
-    return images
-
 
 def label_png(label: np.ndarray, classes: ClassInfo) -> bytes:
     """A mode-P PNG of a label map with the class palette (value = class id)."""
@@ -115,28 +84,16 @@ class PredictResult:
     milliseconds: float
 
 
-def output_names(images: list[Path]) -> list[str]:
-    """Output stems: the image's stem, prefixed with its folder where two stems collide."""
-    stems = [p.stem for p in images]
-    names = []
-    for path, stem in zip(images, stems):
-        names.append(f"{path.parent.name}_{stem}" if stems.count(stem) > 1 else stem)
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise DataError(f"two inputs would both be written as {dup}.png; predict them into separate --out folders")
-    return names
-
-
-def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: bool = False) -> list[PredictResult]:
+def predict_images(predictor: Predictor, images: list[Path], out_dir: Path,
+                   with_overlay: bool = False) -> list[PredictResult]:
     """Write ``<out>/<name>.png`` (paletted labels) and optionally ``<name>_overlay.png``
     (the overlay above a legend of the classes it shows)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for path, name in track(zip(images, output_names(images)), len(images), "predict"):
         image = read_image(path)
-        tensor = predictor.normalize.image(torch.from_numpy(image).permute(2, 0, 1))[None]
         start = time.perf_counter()
-        label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+        label = label_map(predictor, image)
         elapsed = (time.perf_counter() - start) * 1000
         label_file = atomic_write_bytes(out_dir / f"{name}.png", label_png(label, predictor.classes))
         overlay_file = None
@@ -149,14 +106,6 @@ def predict_images(predictor, images: list[Path], out_dir: Path, with_overlay: b
     return results
 
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
-
-def is_video_source(source: str) -> bool:
-    """A video file (by suffix) or a camera index ('0', '1', ...)."""
-    return source.isdigit() or Path(source).suffix.lower() in VIDEO_SUFFIXES
-
-
 @dataclass
 class VideoResult:
     source: str
@@ -166,7 +115,7 @@ class VideoResult:
     milliseconds: list[float]
 
 
-def predict_video(predictor, source: str, out_dir: Path, max_frames: int | None = None) -> VideoResult:
+def predict_video(predictor: Predictor, source: str, out_dir: Path, max_frames: int | None = None) -> VideoResult:
     """Segment every frame of a video file or camera; write ``<out>/<name>_overlay.mp4`` at
     the source's frame rate and time each frame's prediction (as the seeds' scripts do)."""
     import cv2
@@ -186,9 +135,8 @@ def predict_video(predictor, source: str, out_dir: Path, max_frames: int | None 
             if not ok:
                 break
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            tensor = predictor.normalize.image(torch.from_numpy(rgb).permute(2, 0, 1))[None]
             started = time.perf_counter()
-            label = predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+            label = label_map(predictor, rgb)
             times.append((time.perf_counter() - started) * 1000)
             if writer is None:
                 writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,

@@ -1,10 +1,16 @@
 """Predictors: a model plus its pre-processing, turning normalised image batches of any size
-into logits at input resolution. eval, predict and bench all go through one of these, so the
-trained model and (later) the exported one are measured by the same code."""
+into logits at input resolution. eval, predict, bench and the Python API all go through one of
+these, so a trained model, its ONNX file and its deploy bundle are measured by the same code.
+
+Backends: ``TorchPredictor`` (a model directory, on any device) and ``OnnxPredictor`` (an
+``.onnx`` file, or a bundle's model.onnx, in ONNX Runtime on the CPU)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +18,36 @@ import torch.nn.functional as F
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.transforms import Normalize
 from edgeseg.errors import ModelError
+from edgeseg.layout import BUNDLE_MODEL, CONFIG_NAME
 from edgeseg.metrics import class_ids
 from edgeseg.models.model_dir import ModelConfig, load_model_dir
 from edgeseg.models.stride import pad_to_stride
-from edgeseg.onnx_metadata import read_metadata
+from edgeseg.predict.metadata import read_metadata
+from edgeseg.runtime import resolve_device
+
+
+class Predictor(Protocol):
+    """What every backend offers."""
+
+    config: ModelConfig
+    classes: ClassInfo
+    normalize: Normalize
+    output_stride: int
+    device: torch.device
+    backend: str
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised images -> (N, C, H, W) logits at input resolution."""
+
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised images -> (N, H, W) int64 class ids."""
+
+
+def label_map(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 class ids: normalised as the model expects, padded
+    to its stride or input size and cropped back."""
+    tensor = predictor.normalize.image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))[None]
+    return predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
 
 
 class TorchPredictor:
@@ -110,12 +142,13 @@ class OnnxPredictor:
         return class_ids(self.logits(images))
 
 
-def load_predictor(path: str | Path, device: torch.device) -> TorchPredictor | OnnxPredictor:
+def load_predictor(path: str | Path, device: torch.device | None = None) -> Predictor:
     """A predictor for a model directory, an ``.onnx`` file, or a deploy bundle (a folder
-    with model.onnx). ONNX models run on the CPU whatever ``device`` says."""
+    with model.onnx). ``device``: default the first CUDA device if there is one, else the
+    CPU; ONNX models run on the CPU whatever it says."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxPredictor.from_file(path)
-    if (path / "model.onnx").is_file() and not (path / "config.json").is_file():
-        return OnnxPredictor.from_file(path / "model.onnx")
-    return TorchPredictor.from_dir(path, device)
+    if (path / BUNDLE_MODEL).is_file() and not (path / CONFIG_NAME).is_file():
+        return OnnxPredictor.from_file(path / BUNDLE_MODEL)
+    return TorchPredictor.from_dir(path, device if device is not None else resolve_device("auto"))
