@@ -383,6 +383,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         row = {"epoch": epoch + 1, "step": step, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / max(seen, 1):.5f}",
                "val_miou": "", "val_pixel_acc": "", "epoch_seconds": f"{seconds:.2f}",
                "train_images_per_s": f"{seen / seconds:.2f}"}
+        # per epoch as well as every log_every steps: a short run may never reach log_every
+        tb.scalars(step, **{"epoch/train_loss": total_loss / max(seen, 1), "epoch/lr": lr})
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             distributed.share_buffers(process, evaluated)
             evaluated.eval()
