@@ -17,6 +17,7 @@ import yaml
 
 from edgeseg.export.onnx import Tolerances, export_onnx
 from edgeseg.fileio import atomic_replace_dir
+from edgeseg.layout import BUNDLE_META, BUNDLE_MODEL, BUNDLE_RUNNER
 from edgeseg.models.model_dir import read_model_config
 
 REQUIREMENTS = "numpy>=1.24\nonnxruntime>=1.16\nPillow>=10\n# video and cameras: opencv-python-headless>=4.8\n"
@@ -30,7 +31,7 @@ def write_bundle(model_dir: str | Path, out: str | Path, size: tuple[int, int] |
     metrics: dict = {}
 
     def build(tmp: Path) -> None:
-        metrics.update(export_onnx(model_dir, tmp / "model.onnx", int8, size, check_images, tolerances))
+        metrics.update(export_onnx(model_dir, tmp / BUNDLE_MODEL, int8, size, check_images, tolerances))
         meta = {
             "TASK": "semantic-segmentation", "CLASSES": list(config.classes),
             "PALETTE": [list(c) for c in config.palette], "IGNORE_INDEX": config.ignore_index,
@@ -42,8 +43,8 @@ def write_bundle(model_dir: str | Path, out: str | Path, size: tuple[int, int] |
             "SOURCE_MODEL": Path(model_dir).name,
             "EXPORT_CHECK": {k: v for k, v in metrics.items() if k not in ("format", "size")},
             "EDGESEG_VERSION": config.edgeseg_version}
-        (tmp / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
-        (tmp / "run.py").write_text(resources.files("edgeseg.export").joinpath("bundle_run.py").read_text("utf-8"),
+        (tmp / BUNDLE_META).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+        (tmp / BUNDLE_RUNNER).write_text(resources.files("edgeseg.export").joinpath("bundle_run.py").read_text("utf-8"),
                                     encoding="utf-8")
         (tmp / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
         (tmp / "README.md").write_text(_readme(config, metrics, int8), encoding="utf-8")

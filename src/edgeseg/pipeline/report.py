@@ -13,11 +13,12 @@ from edgeseg import __version__
 from edgeseg.benchmark import measure_side_by_side
 from edgeseg.evaluation import evaluate
 from edgeseg.fileio import atomic_write_bytes
-from edgeseg.predict.predictors import load_predictor
-from edgeseg.layout import WEIGHTS_NAME
+from edgeseg.layout import BUNDLE_MODEL, WEIGHTS_NAME
 from edgeseg.models.profile import profile_model
 from edgeseg.models.stride import round_up
 from edgeseg.plots import confusion
+from edgeseg.predict.predictors import load_predictor
+
 
 DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs", "size_bytes", "gzip_bytes",
               "latency_ms")
@@ -37,7 +38,7 @@ def measure_model_dir(model_dir, dataset, size: tuple[int, int], device: torch.d
     if artifact is None:
         raw = (Path(model_dir) / WEIGHTS_NAME).read_bytes()
     else:
-        raw = (Path(artifact) if Path(artifact).is_file() else Path(artifact) / "model.onnx").read_bytes()
+        raw = (Path(artifact) if Path(artifact).is_file() else Path(artifact) / BUNDLE_MODEL).read_bytes()
     return {
         "miou": evaluation["miou"], "pixel_acc": evaluation["pixel_acc"], "mean_acc": evaluation["mean_acc"],
         "per_class_iou": evaluation["per_class_iou"], "num_images": evaluation["num_images"],

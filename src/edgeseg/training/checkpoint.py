@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.fileio import atomic_replace_dir
+from edgeseg.layout import BEST_DIR, LAST_DIR, METRICS_CSV, RUN_CONFIG, TRAIN_STATE
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -60,7 +61,7 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
         if averaged is not None:
             save_file(averaged, str(tmp / "average.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"progress": progress, "optimizer": opt_data}, indent=1))
+        (tmp / TRAIN_STATE).write_text(json.dumps({"progress": progress, "optimizer": opt_data}, indent=1))
 
     return atomic_replace_dir(build, path)
 
@@ -69,7 +70,7 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
                         average: torch.nn.Module | None = None) -> dict:
     """Restore model, optimizer (and the weight average) from ``last/``; returns the saved progress."""
     try:
-        data = json.loads((path / "state.json").read_text())
+        data = json.loads((path / TRAIN_STATE).read_text())
         model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         if average is not None:
             average.load_state_dict(load_file(str(path / "average.safetensors")), strict=True)
@@ -84,8 +85,8 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     return data["progress"]
 
 
-STATE_DIRS = ("last", "best")
-RUN_FILES = ("last", "best", "metrics.csv", "config.yaml")
+STATE_DIRS = (LAST_DIR, BEST_DIR)
+RUN_FILES = (LAST_DIR, BEST_DIR, METRICS_CSV, RUN_CONFIG)
 
 
 def recover_run_dir(run_dir: Path) -> list[str]:
@@ -112,14 +113,14 @@ def recover_run_dir(run_dir: Path) -> list[str]:
 
 def has_resumable_state(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a ``last/`` state (or the ``last.old/`` a kill left)."""
-    return any((run_dir / name / "state.json").is_file() for name in ("last", "last.old"))
+    return any((run_dir / name / TRAIN_STATE).is_file() for name in (LAST_DIR, LAST_DIR + ".old"))
 
 
 def saved_progress(run_dir: Path) -> dict:
     """The progress (epoch, step, best_miou, ...) recorded in ``last/`` (or ``last.old/``)."""
-    for name in ("last", "last.old"):
+    for name in (LAST_DIR, LAST_DIR + ".old"):
         try:
-            return json.loads((run_dir / name / "state.json").read_text())["progress"]
+            return json.loads((run_dir / name / TRAIN_STATE).read_text())["progress"]
         except FileNotFoundError:
             continue
         except (ValueError, KeyError, TypeError):

@@ -8,14 +8,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.compress.sparsity import SparsityConfig
 from edgeseg.data.spec import DatasetConfig
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
+from edgeseg.layout import RUN_CONFIG
+from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.schema import StrictModel, apply_overrides, check_positive_sizes, load_yaml, parse_value, validate  # noqa: F401
-
-
 
 
 class ModelSection(StrictModel):
@@ -190,7 +189,7 @@ def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] =
     ``history`` with the epoch they start from."""
     from edgeseg.training.checkpoint import saved_progress  # imports torch: not for every config load
 
-    saved_file = Path(run_dir) / "config.yaml"
+    saved_file = Path(run_dir) / RUN_CONFIG
     if not Path(run_dir).is_dir():
         raise ConfigError(f"{run_dir}: run directory not found")
     if not saved_file.is_file():

@@ -41,6 +41,7 @@ from edgeseg.training.pretrained import load_pretrained
 from edgeseg.training.schedules import lr_factor
 from edgeseg.training.tblog import TensorBoardLog
 from edgeseg.training.weight_average import WeightAverage
+from edgeseg.layout import BEST_DIR, LAST_DIR, METRICS_CSV, RUN_CONFIG, TENSORBOARD_DIR
 
 CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "val_miou", "val_pixel_acc", "epoch_seconds", "train_images_per_s"]
 
@@ -198,7 +199,7 @@ def diverged(config: TrainConfig, run_dir: Path, process: distributed.Process, e
     if process.is_main and resumable:
         event = {"diverged": {"epoch": epoch + 1, "step": in_epoch, "global_step": step + 1, "cause": what}}
         history = [*config.history, event]
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
+        atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(
             config.model_copy(update={"history": history}).model_dump(mode="json"), sort_keys=False))
     where = (f"{run_dir}/last keeps epoch {epoch}: lower the lr and continue with 'edgeseg train --resume "
              f"{run_dir} optimizer.lr={config.optimizer.lr / 10:g}'" if resumable else
@@ -303,17 +304,17 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     average_model = average.model if average else None
     evaluated = model if average_model is None else average_model
     if resume_dir is not None:
-        progress = load_training_state(run_dir / "last", model, optimizer, average_model)
+        progress = load_training_state(run_dir / LAST_DIR, model, optimizer, average_model)
         start_epoch, step, best = progress["epoch"], progress["step"], progress["best_miou"]
         scaler.load_state_dict(progress.get("grad_scaler") or scaler.state_dict())
-        rows = read_metrics_csv(run_dir / "metrics.csv")[:start_epoch]
+        rows = read_metrics_csv(run_dir / METRICS_CSV)[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
     l1 = config.optimizer.weight_decay if config.optimizer.regularization == "l1" else 0.0
     sparsity = SparsityControl(config.sparsity, model, l1) if config.sparsity.active or l1 else None
     if process.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    tb = TensorBoardLog(run_dir / "tb", config.tensorboard and process.is_main)
+        atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    tb = TensorBoardLog(run_dir / TENSORBOARD_DIR, config.tensorboard and process.is_main)
 
     net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None) if process.distributed else model
     sampler = DistributedSampler(train_set, process.world_size, process.rank, shuffle=True, seed=config.seed,
@@ -396,11 +397,11 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
                 tb.overlays(step, predictor, val_set)
                 if last_metrics["miou"] > best:
                     best, best_metrics = last_metrics["miou"], last_metrics
-                    save_model_dir(evaluated, model_config, run_dir / "best")
+                    save_model_dir(evaluated, model_config, run_dir / BEST_DIR)
         rows.append(row)
         if process.is_main:
-            write_metrics_csv(run_dir / "metrics.csv", rows)
-            save_training_state(run_dir / "last", model, optimizer, {
+            write_metrics_csv(run_dir / METRICS_CSV, rows)
+            save_training_state(run_dir / LAST_DIR, model, optimizer, {
                 "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()},
                 average=average_model)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
