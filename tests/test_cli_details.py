@@ -84,3 +84,24 @@ def test_predict_threads_and_warm_up(model_dir, tmp_path):
     proc = run_cli("predict", str(model_dir), str(tmp_path / "in"), "--out", str(tmp_path / "p"), "--threads", "1",
                    check=True)
     assert "first image left out as warm-up" in proc.stdout
+
+
+def test_export_defaults_to_the_size_of_the_datasets_images(model_dir, tmp_path):
+    """Not the model's training crop (64x96 here): synthetic images are 240x320."""
+    from edgeseg.data.spec import open_dataset
+    from edgeseg.predict.predictors import OnnxPredictor
+
+    run_cli("export", str(model_dir), "--out", str(tmp_path / "m.onnx"), "--check-images", "1", check=True)
+    image_size = tuple(open_dataset("synthetic:2", "val").read(0)[1].shape)
+    assert OnnxPredictor.from_file(tmp_path / "m.onnx").size == image_size != (64, 96)
+
+
+def test_evaluate_leaves_the_dataset_as_it_was(model_dir):
+    from edgeseg.data.spec import open_dataset
+    from edgeseg.evaluation import evaluate
+    from edgeseg.predict.predictors import load_predictor
+
+    dataset = open_dataset("synthetic:2", "val")
+    before = dataset.transform
+    evaluate(load_predictor(model_dir), dataset, num_workers=0)
+    assert dataset.transform is before
