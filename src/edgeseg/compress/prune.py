@@ -25,6 +25,7 @@ model computes what the soft one does, up to float rounding.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 from dataclasses import dataclass
@@ -32,10 +33,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgeseg.compress.specs import PruneConfig
 from edgeseg.errors import ConfigError, ModelError
 from edgeseg.models.blocks import ConvBNAct, FixedBilinearDeconv
 from edgeseg.models.channel_graph import Step, channel_steps
 from edgeseg.models.folded import ChannelAffine
+from edgeseg.models.model_dir import load_model_dir, save_model_dir
+from edgeseg.models.profile import profile_model
 from edgeseg.models.pruned import conv_widths, is_depthwise, resized_conv, set_module
 
 
@@ -306,3 +310,57 @@ def _sliced_per_channel(module: nn.Module, keep: torch.Tensor) -> nn.Module:
         if isinstance(module, nn.PReLU):
             module.num_parameters = int(keep.sum())
     return module
+
+
+@dataclass(frozen=True)
+class PrunedLayer:
+    """One conv before and after pruning (after: as the hard-pruned model has it)."""
+
+    name: str
+    channels_before: int
+    channels_after: int
+    macs_before: int
+    macs_after: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def padded_size(config) -> tuple[int, int]:
+    """The model's input size rounded up to its output stride (what export and bench pad to)."""
+    stride = config.output_stride
+    return tuple(-(-side // stride) * stride for side in config.input_size)
+
+
+def prune_model_dir(source, out, config: PruneConfig) -> tuple[list[PrunedLayer], dict, PrunePlan]:
+    """The prune stage: model directory in, pruned model directory out (``config.soft``: same
+    shapes, removed units zeroed; else narrower, its widths in config.json). Returns a row per
+    conv, the metrics recorded in the model's history (params and MACs before and after; for a
+    soft cut, after is what committing it would give) and the plan (for the plot)."""
+    loaded = load_model_dir(source)
+    model, model_config = loaded.model, loaded.config
+    if model_config.quantization is not None:
+        raise ModelError(f"{source}: the model is quantized ({model_config.quantization.spec.scheme}); prune the "
+                         f"float model, then quantize")
+    if config.criterion == "bn-scale" and model_config.batchnorm_folded:
+        raise ConfigError(f"criterion: bn-scale needs BatchNorms, and {source} has them folded; use l1 or l2")
+    skip = skipped_convs(model, config.skip)
+    size = padded_size(model_config)
+    before = profile_model(model, size)
+    plan = plan_pruning(model, config.keep, config.criterion, skip)
+    hard, hard_plan = copy.deepcopy((model, plan))
+    changed = hard_prune(hard, hard_plan)
+    after = profile_model(hard, size)
+    after_layers = {layer.name: layer for layer in after.layers}
+    rows = [PrunedLayer(layer.name, layer.out_channels, after_layers[layer.name].out_channels, layer.macs,
+                        after_layers[layer.name].macs) for layer in before.layers]
+    metrics = {"stage": "prune", **config.model_dump(exclude={"target_macs", "target_latency_ms"}),
+               "params_before": before.params, "params_after": after.params, "macs_before": before.macs,
+               "macs_after": after.macs, "layers_pruned": len(changed), "input_size": list(size)}
+    if config.soft:
+        metrics["filters_zeroed"] = soft_prune(plan)
+        save_model_dir(model, model_config.with_stage(metrics), out)
+    else:
+        widths = {**model_config.widths, **changed}
+        save_model_dir(hard, model_config.with_stage(metrics, widths=widths), out)
+    return rows, metrics, plan
