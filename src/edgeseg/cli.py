@@ -367,6 +367,8 @@ def prune_command(
     out_dir: Path = OutOption,
     compression_factor: Optional[float] = typer.Option(None, "--compression-factor",
                                                        help="ICNet's name for --keep"),
+    skip: Optional[List[str]] = typer.Option(None, "--skip", help="(repeatable) "
+                                             + PruneStage.model_fields["skip"].description),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG: per layer, sorted filter importances "
                                                              "and the cut-off"),
     force: bool = ForceOption,
@@ -382,6 +384,8 @@ def prune_command(
         if "keep" in settings:
             raise EdgesegError("give --keep or --compression-factor, not both")
         settings = {**settings, "keep": compression_factor}
+    if skip:
+        settings = {**settings, "skip": [*settings.get("skip", []), *skip]}
     if plot is not None:
         check_output(plot, "prune", [model], force, kind="file")
     result = run_single_stage("prune", model, settings, out_dir, None, "val", force)

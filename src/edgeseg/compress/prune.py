@@ -126,7 +126,8 @@ def skipped_convs(model: nn.Module, patterns: list[str]) -> set[str]:
     for pattern in patterns:
         matched = {n for n in names if fnmatch.fnmatchcase(n, pattern) or n.startswith(pattern.rstrip(".") + ".")}
         if not matched:
-            close = difflib.get_close_matches(pattern, names, n=1)
+            prefixes = sorted({".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)})
+            close = difflib.get_close_matches(pattern, prefixes, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(f"skip: '{pattern}' matches no conv ({hint}see 'edgeseg info MODEL' for the names)")
         found |= matched
