@@ -250,7 +250,8 @@ def _zero_affine(module: nn.Module, gone: torch.Tensor) -> None:
 @torch.no_grad()
 def hard_prune(model: nn.Module, plan: PrunePlan) -> dict[str, int]:
     """Soft-prune ``model`` (the one ``plan`` was made for), then remove the zeroed channels from
-    every module that holds them; returns the model's new widths (conv name -> output channels) for those convs that changed."""
+    every module that holds them; returns the new widths (conv name -> output channels) of the
+    convs that changed."""
     soft_prune(plan)
     before = conv_widths(model)
     for step, out in zip(plan.steps, plan.outputs):

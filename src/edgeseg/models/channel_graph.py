@@ -98,8 +98,9 @@ def channel_steps(model: nn.Module) -> list[Step]:
         elif node.op == "call_function" and node.target in (operator.add, operator.iadd):
             step = Step("add", node.name, None, feeds)
         else:
-            raise ModelError(f"cannot prune through '{node.name}' ({node.op} {getattr(node.target, '__name__', node.target)}): "
-                             f"its effect on channels is unknown")
+            target = getattr(node.target, "__name__", node.target)
+            raise ModelError(f"cannot prune through '{node.name}' ({node.op} {target}): its effect on channels is "
+                             f"unknown")
         index[node] = len(steps)
         steps.append(step)
     return steps

@@ -94,9 +94,10 @@ def run_prune(source: Path, spec: PruneStage, out: Path, ctx: StageContext) -> S
     """ICNet's filter pruning: each layer keeps the ``spec.keep`` fraction of its most important
     filters (removed, or with ``spec.soft`` zeroed); a training stage after it fine-tunes."""
     layers, metrics, _ = prune_model_dir(source, out, spec.prune_config())
-    ctx.log(f"prune: {'zeroed' if spec.soft else 'removed'} filters in {sum(r.channels_after < r.channels_before for r in layers)} "
-            f"of {len(layers)} convs (keep {spec.keep}, {spec.criterion}); MACs {metrics['macs_before'] / 1e9:.3f} -> "
-            f"{metrics['macs_after'] / 1e9:.3f} G, params {metrics['params_before']:,} -> {metrics['params_after']:,}"
+    narrowed = sum(row.channels_after < row.channels_before for row in layers)
+    ctx.log(f"prune: {'zeroed' if spec.soft else 'removed'} filters in {narrowed} of {len(layers)} convs (keep "
+            f"{spec.keep}, {spec.criterion}); GMACs {metrics['macs_before'] / 1e9:.3f} -> "
+            f"{metrics['macs_after'] / 1e9:.3f}, params {metrics['params_before']:,} -> {metrics['params_after']:,}"
             + (" once committed" if spec.soft else ""))
     return StageResult(out, None, {**metrics, "layers": [row.as_dict() for row in layers]})
 
