@@ -377,7 +377,7 @@ def prune_command(
     """Filter pruning (ICNet's compress.py): every conv keeps int(n x keep) of its filters with
     the largest norms; BatchNorms, the next convs, add groups, concats, grouped and depth-wise
     convs follow; the classifier is never pruned. Prints channels and MACs per layer."""
-    from edgeseg.compress.prune_plot import plot_model_dir
+    from edgeseg.compress.prune import plot_model_dir
     from edgeseg.fileio import check_output
 
     if compression_factor is not None:

@@ -29,18 +29,21 @@ import copy
 import difflib
 import fnmatch
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgeseg.compress.specs import PruneConfig
 from edgeseg.errors import ConfigError, ModelError
+from edgeseg.fileio import atomic_write_bytes
 from edgeseg.models.blocks import ConvBNAct, FixedBilinearDeconv
 from edgeseg.models.channel_graph import Step, channel_steps
 from edgeseg.models.folded import ChannelAffine
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
 from edgeseg.models.profile import profile_model
 from edgeseg.models.pruned import conv_widths, is_depthwise, resized_conv, set_module
+from edgeseg.plots import filter_cutoffs
 
 
 class Units:
@@ -366,3 +369,13 @@ def prune_model_dir(source, out, config: PruneConfig) -> tuple[list[PrunedLayer]
         widths = {**model_config.widths, **changed}
         save_model_dir(hard, model_config.with_stage(metrics, widths=widths), out)
     return rows, metrics, plan
+
+
+def plot_model_dir(source, config: PruneConfig, path) -> Path:
+    """Write the PNG of ``edgeseg prune --plot``: per layer of the model directory ``source``,
+    its sorted filter importances and the cut-off ``config`` makes (planning is deterministic,
+    so this is the choice the prune stage made)."""
+    model = load_model_dir(source).model
+    plan = plan_pruning(model, config.keep, config.criterion, skipped_convs(model, config.skip))
+    picture = filter_cutoffs(plan.importance, f"{source}: keep {config.keep} ({config.criterion}); dark: kept")
+    return atomic_write_bytes(Path(path), picture)
