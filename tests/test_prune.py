@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from conftest import error_line, randomize_batchnorm, run_cli
+from edgeseg.compress.prune import hard_prune, plan_pruning, prune_model_dir
 from edgeseg.compress.quant.stage import quantize_model_dir
-from edgeseg.compress.prune import hard_prune, plan_pruning, prune_model_dir, soft_prune
 from edgeseg.compress.specs import PruneConfig
 from edgeseg.data.classes import ClassInfo
 from edgeseg.errors import ConfigError, ModelError
 from edgeseg.export.onnx import export_onnx
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
+from edgeseg.models.blocks import ConvBNAct, SegmentationModel
+from edgeseg.models.pruned import apply_widths
 from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.pipeline import load_recipe, run_pipeline
 
@@ -121,6 +123,32 @@ def test_skip_keeps_named_layers_and_their_add_group(tmp_path):
     assert widths["stem.0.conv"] == 2 and widths["stage2.0.conv2.conv"] == 8
 
 
+def test_pruning_again_narrows_further_and_still_rebuilds(tmp_path):
+    original, source = model_dir(tmp_path, "jacintonet11_seg")  # grouped convs end at one channel per group
+    prune_model_dir(source, tmp_path / "once", PruneConfig(keep=0.5))
+    prune_model_dir(tmp_path / "once", tmp_path / "twice", PruneConfig(keep=0.5))
+    once, twice = load_model_dir(tmp_path / "once"), load_model_dir(tmp_path / "twice")
+    assert twice.config.widths["res5a.0.conv"] == once.config.widths["res5a.0.conv"] // 2
+    assert twice.model.conv1[1].conv.groups == original.conv1[1].conv.groups
+    assert [h.stage for h in twice.config.history] == ["prune", "prune"]
+
+
+class PlainConvNet(SegmentationModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = ConvBNAct(3, 8)
+        self.head = torch.nn.Conv2d(8, 3, 1)
+
+    def forward_features(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_layer_pruning_cannot_follow_is_named_in_one_line():
+    with pytest.raises(ModelError, match="^cannot prune through layer 'head' \\(Conv2d\\): its effect on channels is "
+                                         "unknown$"):
+        plan_pruning(PlainConvNet(), 0.5)
+
+
 def test_bad_input_is_one_line(tmp_path):
     _, source = model_dir(tmp_path, "basic_encdec")
     with pytest.raises(ConfigError, match=r"skip: 'stemm' matches no conv \(did you mean 'stem'\?"):
@@ -136,6 +164,11 @@ def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(ModelError, match="widths: 'stem.0.con' is no prunable conv of this model \\(did you mean "
                                          "'stem.0.conv'\\?\\)"):
         load_model_dir(source)
+
+    swift, _ = model_dir(tmp_path, "swiftnet")
+    with pytest.raises(ModelError, match="widths: 'stage2.0.add' adds inputs of 8 and 16 channels \\(stage2.0.conv2, "
+                                         "stage2.0.shortcut\\); convs added together need the same width"):
+        apply_widths(swift, {"stage2.0.conv2.conv": 8})
 
     # through the command line, as a user types it
     _, source = model_dir(tmp_path, "swiftnet")
