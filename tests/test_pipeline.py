@@ -99,7 +99,7 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
     cases = [
         ({"stages": {**TINY_RECIPE["stages"], "prune": {"stage": "thresold"}}},
          "stages.prune: unknown stage 'thresold' (did you mean 'threshold'?"),
-        ({"stages": {**TINY_RECIPE["stages"], "prune": {}}}, "stages.prune: stage 'prune' is not available"),
+        ({"stages": {**TINY_RECIPE["stages"], "prune": {"keep": 0}}}, "stages.prune: bad value for 'keep'"),
         ({"stages": {**TINY_RECIPE["stages"], "quantize": {"quantization": {"sheme": "float"}}}},
          "stages.quantize: unknown key 'quantization.sheme' (did you mean 'scheme'?)"),
         ({"stages": {**TINY_RECIPE["stages"], "quantize": {"train": {"epoch": 2}}}},

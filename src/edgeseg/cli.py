@@ -16,7 +16,7 @@ from edgeseg import __version__
 from edgeseg.cli_options import schema_options
 from edgeseg.errors import EdgesegError
 from edgeseg.models.quant_spec import QuantizeConfig
-from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, ThresholdStage
+from edgeseg.pipeline.specs import ExportStage, FoldStage, PruneStage, QuantizeStage, ThresholdStage
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -117,7 +117,7 @@ def run_command(
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. stages.dense.train.epochs=5"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="pipeline directory (default: the recipe's out_dir)"),
 ) -> None:
-    """Run a staged pipeline (train, l1, threshold, sparse, fold-bn, quantize, export);
+    """Run a staged pipeline (train, l1, threshold, sparse, prune, fold-bn, quantize, export);
     resumable: run it again to finish an interrupted one. Writes report.md and report.json in
     the pipeline directory. Under torchrun (torchrun --nproc_per_node=N -m edgeseg run R) the
     training stages run on every process, the other stages on rank 0."""
@@ -357,6 +357,54 @@ def threshold_command(
         table.add_row(row["name"], row["bucket"], f"{100 * row['target']:.1f}", f"{100 * row['achieved']:.2f}",
                       f"{row['threshold']:.3g}", capped)
     out.print(table)
+    out.print(f"wrote {out_dir}")
+
+
+@app.command("prune")
+@schema_options(PruneStage)
+def prune_command(
+    model: Path = typer.Argument(..., help="a float model directory"),
+    out_dir: Path = OutOption,
+    compression_factor: Optional[float] = typer.Option(None, "--compression-factor",
+                                                       help="ICNet's name for --keep"),
+    skip: Optional[List[str]] = typer.Option(None, "--skip", help="(repeatable) "
+                                             + PruneStage.model_fields["skip"].description),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG: per layer, sorted filter importances "
+                                                             "and the cut-off"),
+    force: bool = ForceOption,
+    settings: dict = None,
+) -> None:
+    """Filter pruning (ICNet's compress.py): every conv keeps int(n x keep) of its filters with
+    the largest norms; BatchNorms, the next convs, add groups, concats, grouped and depth-wise
+    convs follow; the classifier is never pruned. Prints channels and MACs per layer."""
+    from edgeseg.compress.prune import plot_model_dir
+    from edgeseg.fileio import check_output
+
+    if compression_factor is not None:
+        if "keep" in settings:
+            raise EdgesegError("give --keep or --compression-factor, not both")
+        settings = {**settings, "keep": compression_factor}
+    if skip:
+        settings = {**settings, "skip": [*settings.get("skip", []), *skip]}
+    if plot is not None:
+        check_output(plot, "prune", [model], force, kind="file")
+    result = run_single_stage("prune", model, settings, out_dir, None, "val", force)
+    metrics = result.metrics
+    table = Table(title=f"prune keep {metrics['keep']} ({metrics['criterion']}"
+                        f"{', soft: filters zeroed, shapes kept' if metrics['soft'] else ''})")
+    for column in ("layer", "channels", "MMACs before", "MMACs after"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for row in metrics["layers"]:
+        table.add_row(row["name"], f"{row['channels_before']} -> {row['channels_after']}",
+                      f"{row['macs_before'] / 1e6:.2f}", f"{row['macs_after'] / 1e6:.2f}")
+    out.print(table)
+    h, w = metrics["input_size"]
+    out.print(f"at {h}x{w}: GMACs {metrics['macs_before'] / 1e9:.3f} -> {metrics['macs_after'] / 1e9:.3f}, params "
+              f"{metrics['params_before']:,} -> {metrics['params_after']:,}"
+              + ("; soft: the model keeps its shapes until pruned without --soft" if metrics["soft"] else ""))
+    if plot is not None:
+        plot_model_dir(model, PruneStage(**{**settings, "stage": "prune"}).prune_config(), plot)
+        out.print(f"wrote {plot}")
     out.print(f"wrote {out_dir}")
 
 

@@ -159,6 +159,32 @@ def class_shares(report: DoctorReport, title: str = "") -> bytes:
     return _png(figure)
 
 
+
+def filter_cutoffs(importance: dict[str, tuple[list[float], list[bool]]], title: str = "",
+                   columns: int = 6) -> bytes:
+    """A PNG of small multiples, one panel per layer of ``importance`` (name -> (filter
+    importances, kept flags)): the filters sorted kept first, each group largest first, kept
+    dark and removed light, a line at the cut-off, and "kept/total" in the panel's title (the
+    seed's interactive pruning window, as a picture). Where another layer decided a layer's
+    channels (an add group follows its shortcut) its kept filters need not be its largest."""
+    names = list(importance)
+    rows = max(1, math.ceil(len(names) / columns))
+    figure = _figure(2.6 * columns, 1.9 * rows + 0.4)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        scores, kept = importance[name]
+        order = sorted(range(len(scores)), key=lambda i: (not kept[i], -scores[i]))
+        ax.bar(range(len(order)), [scores[i] for i in order], width=1.0,
+               color=["#1f4e79" if kept[i] else "#f4a582" for i in order])
+        ax.axvline(sum(kept) - 0.5, color="#b2182b", linewidth=1)
+        ax.set_title(f"{name}\n{sum(kept)}/{len(kept)} kept", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _png(figure)
+
 def write_run_pictures(run_dir: Path, rows: list[dict], metrics: dict | None,
                        class_names: list[str] | tuple[str, ...], what: str = "") -> list[Path]:
     """Write ``run_dir/curves.png`` from the metrics rows and, when ``metrics`` carries a

@@ -87,6 +87,9 @@ def print_profile(profile, config, console: Console) -> None:
                   f"GMACs {profile.macs / 1e9:.3f} (skipping zero weights: {profile.effective_macs / 1e9:.3f}); "
                   f"conv weight sparsity {100 * profile.sparsity:.1f} %; history: "
                   f"{', '.join(h.stage for h in config.history) or 'none'}", soft_wrap=True)
+    if config.widths:
+        console.print(f"pruned widths (config.json 'widths', conv -> output channels): "
+                      + ", ".join(f"{name} {width}" for name, width in config.widths.items()), soft_wrap=True)
 
 
 def print_onnx_profile(profile, console: Console) -> None:

@@ -22,6 +22,7 @@ from edgeseg.errors import ConfigError, ModelError
 from edgeseg.fileio import atomic_replace_dir
 from edgeseg.layout import CONFIG_NAME, WEIGHTS_NAME
 from edgeseg.models.folded import strip_batchnorm
+from edgeseg.models.pruned import apply_widths
 from edgeseg.models.quant_spec import QuantizationRecord
 from edgeseg.models.quantized import attach_record
 from edgeseg.models.zoo import create_model
@@ -55,6 +56,8 @@ class ModelConfig(StrictModel):
     input_size: tuple[PositiveInt, PositiveInt] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
+    widths: dict[str, int] = Field(default_factory=dict, description="conv name -> output channels, for every conv "
+                                   "filter pruning narrowed (edgeseg prune); applied over the architecture's arguments")
     history: list[HistoryEntry] = Field(default_factory=list, description="stages applied, oldest first")
     quantization: QuantizationRecord | None = Field(None, description="how and where the model is quantized")
     edgeseg_version: str = __version__
@@ -104,7 +107,7 @@ def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int
         classes=list(classes.names), palette=[tuple(c) for c in classes.palette],
         ignore_index=classes.ignore_index, mean=tuple(mean), std=tuple(std),
         input_size=tuple(input_size), output_stride=getattr(model, "output_stride", 1),
-        history=list(history or []))
+        widths=dict(getattr(model, "widths", None) or {}), history=list(history or []))
 
 
 def without_subnormals(tensor: torch.Tensor) -> torch.Tensor:
@@ -168,6 +171,11 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     path = Path(path)
     config = read_model_config(path)
     model = create_model(config.architecture, config.num_classes, **config.arguments)
+    if config.widths:
+        try:
+            apply_widths(model, config.widths)
+        except ModelError as err:
+            raise ModelError(f"{path / CONFIG_NAME}: {err}") from None
     if config.batchnorm_folded:
         strip_batchnorm(model)
     if config.quantization is not None:

@@ -18,7 +18,9 @@ Training stages (train, l1, sparse) merge their ``train:`` mapping over the reci
 start from the previous stage's model; ``l1`` forces L1 regularisation and ``sparse``
 freezes the zeros it starts with (the seed's WEIGHT_DISCONNECTED_ELTWISE). ``quantize``
 calibrates (and with ``train:`` fine-tunes) a quantized model; ``export`` writes the ONNX
-file or bundle and hands its input model on unchanged.
+file or bundle and hands its input model on unchanged. ``prune`` removes (or with
+``soft: true`` zeroes) the least important filters of every layer; a training stage after it
+fine-tunes, and repeated prune + train stages prune iteratively.
 """
 
 from __future__ import annotations
@@ -29,15 +31,11 @@ from typing import Any
 
 from pydantic import Field
 
-from edgeseg import __version__
 from edgeseg.errors import ConfigError
 from edgeseg.pipeline.specs import QuantizeStage, Stage, TrainStage
 from edgeseg.pipeline.stages import STAGES, finetune_config, finetune_section, stage_train_config
 from edgeseg.schema import StrictModel, load_yaml, validate
 from edgeseg.training.config import TrainConfig, apply_overrides
-
-PLANNED_KINDS = ("prune",)
-
 
 
 class ReportSection(StrictModel):
@@ -68,9 +66,6 @@ def parse_stage(name: str, body: Any, source: str) -> Stage:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of stage options")
     kind = body.get("stage", name)
-    if kind in PLANNED_KINDS:
-        raise ConfigError(f"{where}: stage '{kind}' is not available in edgeseg {__version__} "
-                          f"(stages: {', '.join(STAGES)})")
     if kind not in STAGES:
         close = difflib.get_close_matches(str(kind), list(STAGES), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgeseg.compress.specs import ThresholdConfig
+from edgeseg.compress.specs import PruneConfig, ThresholdConfig
 from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.schema import StrictModel
 
@@ -31,6 +31,13 @@ class ThresholdStage(ThresholdConfig):
 
     def threshold_config(self) -> ThresholdConfig:
         return ThresholdConfig(**self.model_dump(exclude={"stage"}))
+
+
+class PruneStage(PruneConfig):
+    stage: Literal["prune"] = "prune"
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(**self.model_dump(exclude={"stage"}))
 
 
 class FoldStage(StrictModel):
@@ -64,4 +71,4 @@ class ExportStage(StrictModel):
         return self
 
 
-Stage = TrainStage | ThresholdStage | FoldStage | QuantizeStage | ExportStage
+Stage = TrainStage | ThresholdStage | PruneStage | FoldStage | QuantizeStage | ExportStage

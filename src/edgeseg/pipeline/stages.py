@@ -1,6 +1,6 @@
 """The stage table: every kind of stage is one function ``(source model dir, validated spec,
 output path, context) -> StageResult``. ``edgeseg run`` calls them in a recipe's order; the
-single-step commands (threshold, fold-bn, quantize, export) build a one-stage spec from their
+single-step commands (threshold, prune, fold-bn, quantize, export) build a one-stage spec from their
 options and call the same function, so each setting has one default and one help text."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeseg.compress.bn_fold import fold_model_dir
+from edgeseg.compress.prune import prune_model_dir
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.compress.threshold import threshold_model_dir
@@ -23,7 +24,8 @@ from edgeseg.export.onnx import Tolerances, export_onnx
 from edgeseg.fileio import atomic_replace_dir
 from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, WEIGHTS_NAME
 from edgeseg.models.model_dir import read_model_config
-from edgeseg.pipeline.specs import ExportStage, FoldStage, QuantizeStage, Stage, ThresholdStage, TrainStage
+from edgeseg.pipeline.specs import (ExportStage, FoldStage, PruneStage, QuantizeStage, Stage, ThresholdStage,
+                                    TrainStage)
 from edgeseg.schema import StrictModel, merge, validate
 from edgeseg.training import distributed
 from edgeseg.training.checkpoint import has_resumable_state
@@ -85,6 +87,18 @@ def run_threshold(source: Path, spec: ThresholdStage, out: Path, ctx: StageConte
     ctx.log(f"threshold: conv weight sparsity {100 * metrics['sparsity_before']:.2f} % -> "
             f"{100 * metrics['sparsity_after']:.2f} % ({sum(r.capped_units > 0 for r in layers)} of "
             f"{len(layers)} layers capped)")
+    return StageResult(out, None, {**metrics, "layers": [row.as_dict() for row in layers]})
+
+
+def run_prune(source: Path, spec: PruneStage, out: Path, ctx: StageContext) -> StageResult:
+    """ICNet's filter pruning: each layer keeps the ``spec.keep`` fraction of its most important
+    filters (removed, or with ``spec.soft`` zeroed); a training stage after it fine-tunes."""
+    layers, metrics, _ = prune_model_dir(source, out, spec.prune_config())
+    narrowed = sum(row.channels_after < row.channels_before for row in layers)
+    ctx.log(f"prune: {'zeroed' if spec.soft else 'removed'} filters in {narrowed} of {len(layers)} convs (keep "
+            f"{spec.keep}, {spec.criterion}); GMACs {metrics['macs_before'] / 1e9:.3f} -> "
+            f"{metrics['macs_after'] / 1e9:.3f}, params {metrics['params_before']:,} -> {metrics['params_after']:,}"
+            + (" once committed" if spec.soft else ""))
     return StageResult(out, None, {**metrics, "layers": [row.as_dict() for row in layers]})
 
 
@@ -187,6 +201,7 @@ STAGES: dict[str, StageKind] = {
     "l1": StageKind(TrainStage, run_training, False, "train with L1 regularisation (sparsity to come)", True),
     "sparse": StageKind(TrainStage, run_training, False, "fine-tune with the zero weights frozen", True),
     "threshold": StageKind(ThresholdStage, run_threshold, True, "zero the smallest weights per layer"),
+    "prune": StageKind(PruneStage, run_prune, True, "remove (or zero) the least important filters per layer"),
     "fold-bn": StageKind(FoldStage, run_fold, True, "merge BatchNorms into the convs before them"),
     "quantize": StageKind(QuantizeStage, run_quantize, True, "post-training quantization, optional fine-tuning"),
     "export": StageKind(ExportStage, run_export, True, "ONNX (fp32/int8) or a deploy bundle",
