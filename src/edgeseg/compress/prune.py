@@ -36,7 +36,7 @@ from torch import nn
 
 from edgeseg.compress.specs import PruneConfig
 from edgeseg.errors import ConfigError, ModelError
-from edgeseg.fileio import atomic_write_bytes
+from edgeseg.fileio import atomic_write_bytes, mark_png
 from edgeseg.models.blocks import ConvBNAct, FixedBilinearDeconv
 from edgeseg.models.channel_graph import Step, channel_steps
 from edgeseg.models.folded import ChannelAffine
@@ -378,4 +378,4 @@ def plot_model_dir(source, config: PruneConfig, path) -> Path:
     model = load_model_dir(source).model
     plan = plan_pruning(model, config.keep, config.criterion, skipped_convs(model, config.skip))
     picture = filter_cutoffs(plan.importance, f"{source}: keep {config.keep} ({config.criterion}); dark: kept")
-    return atomic_write_bytes(Path(path), picture)
+    return atomic_write_bytes(Path(path), mark_png(picture, "prune"))
