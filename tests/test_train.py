@@ -209,8 +209,9 @@ def test_init_with_options_and_with_piped_answers(tmp_path):
 
     answers = "\n".join(["exp", "folder", "data/x", "0.2", "dabnet", "128 128", "4", "7", "sgd", "0.01",
                          "cosine", "flip,scale,color"]) + "\n"
+    (tmp_path / "data" / "x").mkdir(parents=True)  # init refuses a dataset path that does not exist
     proc = subprocess.run([sys.executable, "-m", "edgeseg", "init", "-o", str(tmp_path / "i.yaml")],
-                          input=answers, capture_output=True, text=True, timeout=120)
+                          input=answers, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     config = load_train_config(tmp_path / "i.yaml")
     assert config.data.spec.format == "folder" and config.data.spec.val_fraction == 0.2
