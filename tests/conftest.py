@@ -45,6 +45,35 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
     return proc
 
 
+def run_cli_here(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """``edgeseg ARGS`` through the same entry point as the console script, in this process
+    (no interpreter start-up or PyTorch import per call): for tests of a command's rules,
+    where the process boundary is not the point."""
+    import contextlib
+    import io
+
+    from edgeseg.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous_argv, previous_cwd, code = sys.argv, Path.cwd(), 0
+    try:
+        sys.argv = ["edgeseg", *args]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = previous_argv
+        os.chdir(previous_cwd)
+    proc = subprocess.CompletedProcess(["edgeseg", *args], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"edgeseg {' '.join(args)} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The single line a failed command printed to stderr (asserts there is exactly one)."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import edgeseg
-from conftest import random_image, run_cli, write_image
+from conftest import random_image, run_cli_here as run_cli, write_image
 from edgeseg import Segmenter
 from edgeseg.data.classes import CAMVID
 from edgeseg.errors import DataError

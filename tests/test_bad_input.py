@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import error_line, random_image, run_cli, write_image, write_label
+from conftest import error_line, random_image, run_cli_here as run_cli, write_image, write_label
 from edgeseg.data.classes import CAMVID
 from edgeseg.fileio import atomic_write_text
 from edgeseg.models import create_model, model_config_for, save_model_dir

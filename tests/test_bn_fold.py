@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from conftest import needs_camvid, randomize_batchnorm, run_cli
+from conftest import needs_camvid, randomize_batchnorm, run_cli_here as run_cli
 from edgeseg.compress.bn_fold import fold_batchnorm
 from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir

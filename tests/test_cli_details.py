@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import error_line, run_cli
+from conftest import error_line, run_cli_here as run_cli
 from edgeseg.cli_options import schema_fields
 from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, model_config_for, save_model_dir

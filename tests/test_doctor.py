@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import CAMVID, needs_camvid, random_image, run_cli, write_image, write_label
+from conftest import CAMVID, needs_camvid, random_image, run_cli_here as run_cli, write_image, write_label
 from edgeseg.data.doctor import SplitReport, class_weights
 
 RNG = np.random.default_rng(7)

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_batchnorm, run_cli
+from conftest import randomize_batchnorm, run_cli_here as run_cli
 
 from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.models.quantized import attach_quantizers

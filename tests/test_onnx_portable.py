@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import error_line, randomize_batchnorm, run_cli
+from conftest import error_line, randomize_batchnorm, run_cli_here as run_cli
 
 from edgeseg.data.classes import ClassInfo
 from edgeseg.export import opencv_check

@@ -1,6 +1,7 @@
 """No command destroys what it did not create (DESIGN.md section 1, issue 18): an existing
 output is replaced only when it is the same command's earlier output or --force is given,
-and an output is never, never contains and never sits inside an input."""
+and an output is never, never contains and never sits inside an input. The commands run
+in this process (conftest.run_cli_here): the rules, not the process boundary, are tested."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import error_line, random_image, run_cli, write_image
+from conftest import error_line, random_image, run_cli_here as run_cli, write_image
 from edgeseg.data.classes import CAMVID
 from edgeseg.errors import OutputError
 from edgeseg.fileio import atomic_replace_dir, atomic_write_text, check_output

@@ -81,7 +81,7 @@ def test_curves_and_confusion_are_real_pictures_of_sane_size(tmp_path):
 
 
 def test_data_check_draws_the_class_shares(tmp_path):
-    from conftest import run_cli
+    from conftest import run_cli_here as run_cli
 
     run_cli("data", "check", "synthetic:8", "--plot", str(tmp_path / "shares.png"), "--json",
             str(tmp_path / "d.json"), check=True)

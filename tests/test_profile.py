@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from conftest import run_cli
+from conftest import run_cli_here as run_cli
 from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, model_config_for, save_model_dir
 from edgeseg.models.blocks import FixedBilinearDeconv, bilinear_kernel

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import error_line, randomize_batchnorm, run_cli
+from conftest import error_line, randomize_batchnorm, run_cli_here as run_cli
 from edgeseg.compress.prune import hard_prune, plan_pruning, prune_model_dir
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.specs import PruneConfig

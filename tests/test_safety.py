@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import error_line, random_image, run_cli, write_image, write_label
+from conftest import error_line, random_image, run_cli_here as run_cli, write_image, write_label
 from edgeseg.data.classes import generic_classes
 from edgeseg.data.doctor import check_dataset
 from edgeseg.data.imageio import read_image, read_label_raw

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli_here as run_cli
 from edgeseg.compress.threshold import ThresholdConfig, bucket_of, grid_threshold, threshold_model
 from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, load_model_dir, model_config_for, save_model_dir
