@@ -2,7 +2,7 @@
 printed as a table of command, exit code, last line of output and whether the thing the
 command should not have touched survived.
 
-    python bench/output_probes.py [--src SRC]     # SRC: the edgeseg source tree to probe (default ./src)
+    python bench/output_probes.py [--src SRC] [--legacy-flags]   # SRC: the source tree to probe (./src)
 
 Each probe gets a fresh folder with a tiny model directory, a "run directory" a user cares
 about, a folder of photos and a folder of ground-truth labels.
@@ -71,6 +71,8 @@ def prepare(root: Path, python: list[str], env: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, default=Path("src"), help="edgeseg source tree to probe")
+    parser.add_argument("--legacy-flags", action="store_true",
+                        help="edgeseg 0.1's flags (--size H --size W, no --check-images), to probe the old tree")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(args.src.resolve()), "CI": "1", "OMP_NUM_THREADS": "1"}
     python = [sys.executable]
@@ -83,6 +85,8 @@ def main() -> None:
             root.mkdir()
             prepare(root, python, env)
             before = digest(root / keep) if keep != "." else digest(root)
+            if args.legacy_flags:
+                command = command.replace(" --check-images 1", "").replace("--size 0 0", "--size 0 --size 0")
             proc = subprocess.run([*python, "-m", "edgeseg", *command.split()], cwd=root, env=env,
                                   capture_output=True, text=True, timeout=300)
             target = root / keep if keep != "." else root

@@ -104,7 +104,7 @@ def test_predict_into_its_own_folder_again_and_not_into_a_file(model_dir, tmp_pa
 
 def test_eval_json_refuses_a_folder_and_a_file_it_did_not_write(model_dir, tmp_path):
     common = ["eval", str(model_dir), "--data", "synthetic:2", "--device", "cpu", "--json"]
-    assert "is a folder" in error_line(run_cli(*common, str(tmp_path)))
+    assert "is a folder; give --json a file name" in error_line(run_cli(*common, str(tmp_path)))
     (tmp_path / "mine.json").write_text('{"my": "numbers"}')
     assert "--force" in error_line(run_cli(*common, str(tmp_path / "mine.json")))
     run_cli(*common, str(tmp_path / "eval.json"), check=True)

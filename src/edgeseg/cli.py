@@ -161,9 +161,9 @@ def eval_command(
     from edgeseg.predict.predictors import load_predictor
     from edgeseg.runtime import resolve_device
 
-    for output in (json_file, plot):
+    for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
-            check_output(output, "eval", [model], force, kind="file")
+            check_output(output, "eval", [model], force, kind="file", flag=flag)
     predictor = load_predictor(model, resolve_device(device))
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
@@ -202,7 +202,7 @@ def predict_command(
     videos = [source for source in sources if is_video_source(source)]
     images = [source for source in sources if not is_video_source(source)]
     paths = expand_sources(images) if images else []
-    inputs = [*paths, *(Path(s) for s in images if Path(s).is_dir()), *(Path(v) for v in videos if not v.isdigit())]
+    inputs = [*(Path(s) for s in images if Path(s).is_dir()), *paths, *(Path(v) for v in videos if not v.isdigit())]
     check_output(out_dir, "predict", [model, *inputs], force, kind="dir")
     names = output_names(paths) if paths else []
     files = [f"{n}.png" for n in names] + [f"{n}_overlay.png" for n in names if with_overlay]
@@ -268,7 +268,7 @@ def bench_command(
     from edgeseg.runtime import resolve_device
 
     if json_file:
-        check_output(json_file, "bench", models, force, kind="file")
+        check_output(json_file, "bench", models, force, kind="file", flag="--json")
     set_threads(threads)
     predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
     first = next(iter(predictors.values()))
@@ -306,9 +306,9 @@ def data_check(
     from edgeseg.reports import doctor_json, print_doctor
 
     root = spec.partition(":")[2] if ":" in spec else (spec if spec.endswith((".yaml", ".yml")) else "")
-    for output in (json_file, plot):
+    for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
-            check_output(output, "data check", [root] if root else [], force, kind="file")
+            check_output(output, "data check", [root] if root else [], force, kind="file", flag=flag)
     report = check_dataset(open_source(spec), split or None)
     print_doctor(report, out, show)
     if json_file:

@@ -108,7 +108,7 @@ def prune_command(
     if skip:
         settings = {**settings, "skip": [*settings.get("skip", []), *skip]}
     if plot is not None:
-        check_output(plot, "prune", [model], force, kind="file")
+        check_output(plot, "prune", [model], force, kind="file", flag="--plot")
     result = run_single_stage("prune", model, settings, out_dir, None, "val", force)
     metrics = result.metrics
     table = Table(title=f"prune keep {metrics['keep']} ({metrics['criterion']}"

@@ -89,35 +89,36 @@ def atomic_replace_dir(build: Callable[[Path], None], final: str | Path) -> Path
 
 
 def check_output(out: str | Path, command: str, inputs: Iterable[str | Path] = (), force: bool = False,
-                 kind: str = "any") -> Path:
+                 kind: str = "any", flag: str = "--out") -> Path:
     """Refuse, with one line naming the path, an output that would destroy what ``command``
     did not make. ``out`` may never be, contain or sit inside an input, nor be the current
     folder or one above it (not even with ``force``). An existing ``out`` is replaced only if
     it is empty, was written by this command before (its mark, see ``mark_output``, or for a
     file the ``is_own`` test of its kind) or ``force`` is given. ``kind``: 'dir', 'file' or
-    'any', what ``out`` must be if it exists. Returns ``out``."""
+    'any', what ``out`` must be if it exists; ``flag`` names the option in the messages.
+    Returns ``out``."""
     out = Path(out)
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
-        raise OutputError(f"{out}: is the current folder or one above it; give --out a new folder's name")
+        raise OutputError(f"{out}: is the current folder or one above it; give {flag} a new name")
     for source in inputs:
         source_path = Path(source).resolve()
         if resolved == source_path:
-            raise OutputError(f"{out}: is also an input of this command; choose another --out")
+            raise OutputError(f"{out}: is also an input of this command; choose another {flag}")
         if source_path in resolved.parents:
-            raise OutputError(f"{out}: is inside the input {source}; choose an --out outside it")
+            raise OutputError(f"{out}: is inside the input {source}; choose {flag} outside it")
         if resolved in source_path.parents:
-            raise OutputError(f"{out}: contains the input {source}; choose another --out")
+            raise OutputError(f"{out}: contains the input {source}; choose another {flag}")
     if not out.exists() and not out.is_symlink():
         return out
     if kind == "dir" and not out.is_dir():
-        raise OutputError(f"{out}: is a file, not a folder; choose another --out")
+        raise OutputError(f"{out}: is a file, not a folder; choose another {flag}")
     if kind == "file" and out.is_dir():
-        raise OutputError(f"{out}: is a folder; give --out a file name")
+        raise OutputError(f"{out}: is a folder; give {flag} a file name")
     if force or written_by(out) == command or (out.is_dir() and not any(out.iterdir())):
         return out
-    raise OutputError(f"{out}: exists and was not written by 'edgeseg {command}'; choose another --out or pass "
+    raise OutputError(f"{out}: exists and was not written by 'edgeseg {command}'; choose another {flag} or pass "
                       f"--force to replace it")
 
 
