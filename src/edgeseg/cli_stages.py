@@ -136,16 +136,20 @@ def quantize_command(
     out_dir: Path = OutOption,
     data: Optional[str] = DataOption,
     train_config: Optional[Path] = typer.Option(
-        None, "--train-config", help="training config whose data, augmentation, batch and loss the fine-tuning "
-                                     "(train.epochs=N) uses"),
+        None, "--train-config", help="fine-tune (quantization-aware) with this training config's data, "
+                                     "augmentation, batch and loss: 5 epochs at lr 1e-5 unless train.epochs=N "
+                                     "train.optimizer.lr=X say otherwise"),
     force: bool = ForceOption,
     settings: dict = None,
 ) -> None:
     """Quantize MODEL: fold BNs, calibrate activation ranges (post-training quantization) and,
-    with train.epochs=N, fine-tune with quantization simulated; writes snapshot_log.txt."""
+    with train.KEY=VALUE settings or --train-config, fine-tune with quantization simulated;
+    writes snapshot_log.txt."""
     from edgeseg.schema import load_yaml
 
     train_section = dict(load_yaml(train_config) or {}) if train_config else {}
+    if train_config and "train" not in settings:  # a training config given means: fine-tune with it
+        settings = {**settings, "train": {}}
     result = run_single_stage("quantize", model, settings, out_dir, data, "train", force, train_section,
                               needs_data=True)
     snapshot = out_dir / "snapshot_log.txt"
