@@ -105,3 +105,15 @@ def test_evaluate_leaves_the_dataset_as_it_was(model_dir):
     before = dataset.transform
     evaluate(load_predictor(model_dir), dataset, num_workers=0)
     assert dataset.transform is before
+
+
+def test_quantize_with_a_training_config_fine_tunes(model_dir, tmp_path):
+    (tmp_path / "c.yaml").write_text("data: {spec: 'synthetic:8', num_workers: 0}\naugment: {crop: [64, 96]}\n"
+                                     "batch_size: 4\ntensorboard: false\n")
+    proc = run_cli("quantize", str(model_dir), "--out", str(tmp_path / "q"), "--train-config", str(tmp_path / "c.yaml"),
+                   "train.epochs=1", "--calibration-batches", "2", check=True)
+    assert "fine-tuned: best val mIoU" in proc.stdout
+    from edgeseg.models import load_model_dir
+
+    history = [entry.stage for entry in load_model_dir(tmp_path / "q").config.history]
+    assert history[-2:] == ["quantize", "train"]
