@@ -215,7 +215,7 @@ def main() -> None:
         started = time.perf_counter()
         label = segmenter.labels(rgb)
         ms = 1000 * (time.perf_counter() - started)
-        segmenter.label_image(label).save(args.output / f"{name}.png")
+        segmenter.label_image(label).save(args.output / f"{name}.png", compress_level=1)  # as edgeseg predict
         if args.overlay:
             Image.fromarray(segmenter.with_legend(segmenter.overlay(rgb, label), label)).save(
                 args.output / f"{name}_overlay.png")
