@@ -117,3 +117,11 @@ def test_quantize_with_a_training_config_fine_tunes(model_dir, tmp_path):
 
     history = [entry.stage for entry in load_model_dir(tmp_path / "q").config.history]
     assert history[-2:] == ["quantize", "train"]
+
+
+def test_export_of_the_current_folder_writes_beside_it(model_dir, tmp_path):
+    import shutil
+
+    model = shutil.copytree(model_dir, tmp_path / "best.v2")
+    run_cli("export", ".", "--check-images", "1", cwd=model, check=True)
+    assert (tmp_path / "best.v2.onnx").is_file()

@@ -171,7 +171,8 @@ def export_command(
 ) -> None:
     """Export MODEL to ONNX (fp32 or int8) or a deploy bundle; the export is run in ONNX Runtime
     and checked against MODEL on real images before anything is written."""
-    if out_path is None:
-        out_path = model.with_name(model.name + "-bundle") if settings.get("format") == "bundle" \
-            else model.with_suffix(".onnx")
+    if out_path is None:  # beside the model directory, named after it (resolved: MODEL may be '.')
+        named = model.resolve()
+        out_path = named.with_name(named.name + "-bundle") if settings.get("format") == "bundle" \
+            else named.with_name(named.name + ".onnx")
     run_single_stage("export", model, settings, out_path, data, split, force, needs_data=True)
