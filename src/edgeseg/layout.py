@@ -20,7 +20,6 @@ STAGE_SPEC = "spec.json"
 STAGE_METRICS = "metrics.json"
 STAGE_MODEL = "model"
 STAGE_RUN = "run"
-STAGE_WORK = "work"
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 

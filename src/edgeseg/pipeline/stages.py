@@ -22,7 +22,8 @@ from edgeseg.errors import ConfigError
 from edgeseg.export.bundle import write_bundle
 from edgeseg.export.onnx import Tolerances, export_onnx
 from edgeseg.fileio import atomic_replace_dir
-from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, WEIGHTS_NAME
+from edgeseg.layout import (BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, STAGE_MODEL, STAGE_RUN,
+                            WEIGHTS_NAME)
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.specs import (ExportStage, FoldStage, PruneStage, QuantizeStage, Stage, ThresholdStage,
                                     TrainStage)
@@ -185,7 +186,6 @@ class StageKind:
     spec: type[StrictModel]
     run: Callable[[Path | None, Any, Path, StageContext], StageResult]
     needs_model: bool
-    summary: str
     every_rank: bool = False  # under torchrun every process runs it (DDP training), else rank 0 alone
     hands_on_source: bool = False  # its output is an artifact; the next stage starts from its source
 
@@ -193,19 +193,18 @@ class StageKind:
         """The name of the stage's output inside its pipeline stage directory."""
         if isinstance(spec, ExportStage):
             return "bundle" if spec.format == "bundle" else BUNDLE_MODEL
-        return "model"
+        return STAGE_MODEL
 
 
 STAGES: dict[str, StageKind] = {
-    "train": StageKind(TrainStage, run_training, False, "train (from the previous stage's model, if any)", True),
-    "l1": StageKind(TrainStage, run_training, False, "train with L1 regularisation (sparsity to come)", True),
-    "sparse": StageKind(TrainStage, run_training, False, "fine-tune with the zero weights frozen", True),
-    "threshold": StageKind(ThresholdStage, run_threshold, True, "zero the smallest weights per layer"),
-    "prune": StageKind(PruneStage, run_prune, True, "remove (or zero) the least important filters per layer"),
-    "fold-bn": StageKind(FoldStage, run_fold, True, "merge BatchNorms into the convs before them"),
-    "quantize": StageKind(QuantizeStage, run_quantize, True, "post-training quantization, optional fine-tuning"),
-    "export": StageKind(ExportStage, run_export, True, "ONNX (fp32/int8) or a deploy bundle",
-                        hands_on_source=True),
+    "train": StageKind(TrainStage, run_training, False, True),  # from the previous stage's model, if any
+    "l1": StageKind(TrainStage, run_training, False, True),  # L1 regularisation (sparsity to come)
+    "sparse": StageKind(TrainStage, run_training, False, True),  # fine-tune with the zero weights frozen
+    "threshold": StageKind(ThresholdStage, run_threshold, True),  # zero the smallest weights per layer
+    "prune": StageKind(PruneStage, run_prune, True),  # remove (or zero) the least important filters
+    "fold-bn": StageKind(FoldStage, run_fold, True),  # merge BatchNorms into the convs before them
+    "quantize": StageKind(QuantizeStage, run_quantize, True),  # PTQ, optional quantization-aware fine-tuning
+    "export": StageKind(ExportStage, run_export, True, hands_on_source=True),  # ONNX fp32/int8 or a bundle
 }
 
 
@@ -223,7 +222,7 @@ def stage_train_config(train_section: dict, spec: TrainStage, work_dir: Path, in
                        where: str) -> TrainConfig:
     """The full training config of a training stage, validated (errors name ``where``)."""
     data = merge(train_section, spec.train)
-    data.update(name="run", runs_dir=str(work_dir))
+    data.update(name=STAGE_RUN, runs_dir=str(work_dir))
     if init_from is not None:
         data["model"] = {**data.get("model", {}), "init_from": str(init_from)}
     if spec.stage == "l1":
@@ -246,7 +245,7 @@ def finetune_config(train_section: dict[str, Any], ptq_dir: Path, run_root: Path
     """The training config of the fine-tuning: ``train_section`` over the defaults (5 epochs
     at lr 1e-5), starting from ``ptq_dir`` with frozen zeros."""
     data = merge(FINETUNE_DEFAULTS, train_section)
-    data.update(name="run", runs_dir=str(run_root))
+    data.update(name=STAGE_RUN, runs_dir=str(run_root))
     data["model"] = {**data.get("model", {}), "init_from": str(ptq_dir)}
     data["sparsity"] = {**data.get("sparsity", {}), "sparse": True}
     return validate(TrainConfig, data, source)
