@@ -174,8 +174,9 @@ def test_bad_input_is_one_line(tmp_path):
     _, source = model_dir(tmp_path, "swiftnet")
     assert error_line(run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--keep", "0")) == \
         "error: prune options: bad value for 'keep': Input should be greater than 0"
-    assert "target_macs: not available yet" in error_line(
-        run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--target-macs", "0.5"))
+    assert error_line(run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--target-macs", "0.5")).endswith(
+        "swiftnet: a prune target needs val images for its scan, and no training dataset is recorded; pass --data SPEC")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_prints_the_table_plots_and_exports(tmp_path):

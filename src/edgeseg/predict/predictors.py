@@ -78,6 +78,20 @@ class TorchPredictor:
         return class_ids(self.logits(images))
 
 
+def ort_session(model: str | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a file or serialised graph, all graph optimisations on."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    # idle worker threads would spin and steal the core from whatever runs next (another
+    # model timed side by side, the decoder of the next frame)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxPredictor:
     """An edgeseg ONNX export run by ONNX Runtime (CPU, all graph optimisations), with the
     same interface as TorchPredictor. Images are zero-padded (the mean colour) at the bottom
@@ -99,33 +113,20 @@ class OnnxPredictor:
         self.device = torch.device("cpu")
         self.backend = "onnxruntime"
 
-    @staticmethod
-    def _session(model: str | bytes, threads: int | None):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        # idle worker threads would spin and steal the core from whatever runs next (another
-        # model timed side by side, the decoder of the next frame)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
     @classmethod
     def from_file(cls, path: str | Path, threads: int | None = None) -> "OnnxPredictor":
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: file not found")
         try:
-            session = cls._session(str(path), threads)
+            session = ort_session(str(path), threads)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
         return cls(session, str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPredictor":
-        return cls(cls._session(data, threads), "exported model")
+        return cls(ort_session(data, threads), "exported model")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
