@@ -13,7 +13,7 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg import cli_stages  # noqa: F401  (registers the stage commands)
-from edgeseg.cli_app import DeviceOption, ThreadsOption, after_warmup, app, data_app, out, set_threads
+from edgeseg.cli_app import DeviceOption, ThreadsOption, WorkersOption, after_warmup, app, data_app, out, set_threads
 from edgeseg.errors import EdgesegError
 
 
@@ -190,6 +190,7 @@ def predict_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
     threads: Optional[int] = ThreadsOption,
+    workers: int = WorkersOption,
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
@@ -217,7 +218,7 @@ def predict_command(
         out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
                   f"(median {after_warmup(result.milliseconds):.1f} ms per frame on {predictor.device})")
     if images:
-        results = predict_images(predictor, paths, out_dir, with_overlay)
+        results = predict_images(predictor, paths, out_dir, with_overlay, workers)
         out.print(f"wrote {len(results)} label maps to {out_dir} (median {after_warmup([r.milliseconds for r in results]):.1f}"
                   f" ms per image on {predictor.device}{', first image left out as warm-up' if len(results) > 1 else ''})")
 
@@ -257,6 +258,7 @@ def bench_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
     threads: Optional[int] = ThreadsOption,
+    workers: int = WorkersOption,
 ) -> None:
     """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
     their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
@@ -281,7 +283,7 @@ def bench_command(
     for name, predictor in predictors.items():
         row = results[name]
         if paths:
-            row["end_to_end"] = end_to_end(predictor, paths)
+            row["end_to_end"] = end_to_end(predictor, paths, workers=workers)
         table.add_row(name, row["backend"], f"{row['latency_ms']:.1f}", f"{row['latency_ms_p90']:.1f}",
                       f"{row['fps']:.1f}", f"{row['end_to_end']['fps']:.1f}" if paths else "-")
     out.print(table)

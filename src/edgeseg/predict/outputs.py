@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from edgeseg.data.classes import ClassInfo
 from edgeseg.data.imageio import read_image
 from edgeseg.errors import DataError
 from edgeseg.fileio import atomic_write_bytes
-from edgeseg.predict.predictors import Predictor, label_map
+from edgeseg.predict.frames import DEFAULT_WORKERS, ordered_frames
+from edgeseg.predict.predictors import Predictor, label_map, labels_from_logits, model_input
 from edgeseg.predict.sources import output_names
 from edgeseg.runtime import track
 
@@ -89,26 +91,39 @@ class PredictResult:
     milliseconds: float
 
 
-def predict_images(predictor: Predictor, images: list[Path], out_dir: Path,
-                   with_overlay: bool = False) -> list[PredictResult]:
+def predict_images(predictor: Predictor, images: list[Path], out_dir: Path, with_overlay: bool = False,
+                   workers: int = DEFAULT_WORKERS) -> list[PredictResult]:
     """Write ``<out>/<name>.png`` (paletted labels) and optionally ``<name>_overlay.png``
-    (the overlay above a legend of the classes it shows)."""
+    (the overlay above a legend of the classes it shows), in input order. ``workers`` threads
+    decode and write while the model runs (``predict.frames``; 0: one step after the other);
+    the files are the same byte for byte either way. ``milliseconds``: the model's time."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path, name in track(zip(images, output_names(images)), len(images), "predict"):
+    names = dict(zip(images, output_names(images)))
+
+    def prepare(path: Path) -> tuple[np.ndarray, torch.Tensor]:
         image = read_image(path)
+        return image, model_input(predictor, image)
+
+    def run(prepared: tuple[np.ndarray, torch.Tensor]) -> tuple[np.ndarray, torch.Tensor, float]:
+        image, tensor = prepared
         start = time.perf_counter()
-        label = label_map(predictor, image)
-        elapsed = (time.perf_counter() - start) * 1000
-        label_file = atomic_write_bytes(out_dir / f"{name}.png", label_png(label, predictor.classes))
+        logits = predictor.logits(tensor)
+        return image, logits, (time.perf_counter() - start) * 1000
+
+    def finish(path: Path, output: tuple[np.ndarray, torch.Tensor, float]) -> PredictResult:
+        image, logits, elapsed = output
+        label = labels_from_logits(logits, *image.shape[:2])
+        label_file = atomic_write_bytes(out_dir / f"{names[path]}.png", label_png(label, predictor.classes))
         overlay_file = None
         if with_overlay:
             buffer = io.BytesIO()
             Image.fromarray(with_legend(overlay(image, label, predictor.classes), label, predictor.classes)).save(
                 buffer, format="PNG")
-            overlay_file = atomic_write_bytes(out_dir / f"{name}_overlay.png", buffer.getvalue())
-        results.append(PredictResult(path, label_file, overlay_file, elapsed))
-    return results
+            overlay_file = atomic_write_bytes(out_dir / f"{names[path]}_overlay.png", buffer.getvalue())
+        return PredictResult(path, label_file, overlay_file, elapsed)
+
+    with torch.inference_mode():
+        return list(track(ordered_frames(images, prepare, run, finish, workers), len(images), "predict"))
 
 
 @dataclass
