@@ -16,7 +16,7 @@ from edgeseg.data.transforms import Normalize
 from edgeseg.export.input_fold import DecodedImageInput, PixelInput
 from edgeseg.models import create_model, model_config_for
 from edgeseg.models.registry import MODELS
-from edgeseg.predict.predictors import TorchPredictor, label_map
+from edgeseg.predict.predictors import TorchPredictor, label_map, model_input
 
 MEAN, STD = (0.3, 0.45, 0.5), (0.2, 0.25, 0.3)
 
@@ -59,7 +59,7 @@ def test_folding_the_mean_into_the_bias_as_well_would_be_wrong_at_the_borders():
     assert (wrong - expected).abs().amax(dim=(0, 1))[0].min() > 1e-3  # every pixel of the top row is off
 
 
-@pytest.mark.parametrize("arch", ["basic_encdec", "swiftnet"])
+@pytest.mark.parametrize("arch", ["basic_encdec", "swiftnet", "dabnet"])  # dabnet: the scale not folded
 def test_decoded_image_model_predicts_what_label_map_predicts(arch, tmp_path):
     model = model_of(arch)
     config = model_config_for(model, generic_classes(5), (40, 56), MEAN, STD)
@@ -67,10 +67,14 @@ def test_decoded_image_model_predicts_what_label_map_predicts(arch, tmp_path):
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)  # not a multiple of the stride: padded
     stride = model.output_stride
     example = torch.randint(0, 256, (1, 3, stride, 2 * stride), dtype=torch.uint8)
-    whole = DecodedImageInput(PixelInput(model, MEAN, STD, example), stride)
-    expected = label_map(TorchPredictor(model, config, torch.device("cpu")), rgb)
+    whole = DecodedImageInput(PixelInput(model, MEAN, STD, example), stride, class_ids=True)
+    predictor = TorchPredictor(model, config, torch.device("cpu"))
+    expected = label_map(predictor, rgb)
     with torch.no_grad():
         got = whole(torch.from_numpy(rgb)[None])[0].numpy()
+        logits = DecodedImageInput(whole.pixel_model, stride)(torch.from_numpy(rgb)[None])
+    reference = predictor.logits(model_input(predictor, rgb))[..., :37, :53]
+    assert (logits - reference).abs().max() <= 1e-4 * max(1.0, float(reference.abs().max()))
     assert got.dtype == np.uint8 and np.array_equal(got, expected)
     import onnxruntime
 

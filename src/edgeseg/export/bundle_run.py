@@ -290,7 +290,8 @@ def main() -> None:
     def finish(path: Path, output: tuple[np.ndarray, np.ndarray, float]) -> str:
         rgb, logits, ms = output
         label = segmenter.class_ids(logits, *rgb.shape[:2])
-        write_png(args.output / f"{names[path]}.png", segmenter.label_image(label), compress_level=1)  # as edgeseg predict
+        # zlib level 1, as edgeseg predict
+        write_png(args.output / f"{names[path]}.png", segmenter.label_image(label), compress_level=1)
         if args.overlay:
             write_png(args.output / f"{names[path]}_overlay.png",
                       Image.fromarray(segmenter.with_legend(segmenter.overlay(rgb, label), label)))

@@ -74,18 +74,21 @@ class PixelInput(nn.Module):
 
 
 class DecodedImageInput(nn.Module):
-    """The whole per-frame path in one graph: (1, H, W, 3) uint8 RGB as a decoder gives it
-    -> (1, H, W) uint8 class ids. Transposed, scaled (``PixelInput``), zero-padded after the
-    mean is subtracted (the mean colour, as the normalised path pads) at the bottom and right
-    to ``stride``, and cropped back before the argmax (first class on ties)."""
+    """The model fed the image as a decoder gives it: (1, H, W, 3) uint8 RGB -> (1, C, H, W)
+    logits, or with ``class_ids`` (1, H, W) uint8 ids (first class on ties). Transposed,
+    scaled (``PixelInput``), zero-padded after the mean is subtracted (the mean colour, as the
+    normalised path pads) at the bottom and right to ``stride``, and cropped back.
 
-    def __init__(self, pixel_model: PixelInput, stride: int) -> None:
+    Measured (bench/frame_overhead.py): the scaling costs nothing in the graph, but ONNX
+    Runtime's ArgMax over the class axis costs more than ``edgeseg.metrics.class_ids``."""
+
+    def __init__(self, pixel_model: PixelInput, stride: int, class_ids: bool = False) -> None:
         super().__init__()
-        self.pixel_model, self.stride = pixel_model, stride
+        self.pixel_model, self.stride, self.class_ids = pixel_model, stride, class_ids
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[1], image.shape[2]
         x = image.permute(0, 3, 1, 2).float() - self.pixel_model.offset
         x = F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))
-        logits = self.pixel_model.model(x)[..., :h, :w]
-        return logits.argmax(dim=1).to(torch.uint8)
+        logits = self.pixel_model.model(x if self.pixel_model.folded else x * self.pixel_model.scale)[..., :h, :w]
+        return logits.argmax(dim=1).to(torch.uint8) if self.class_ids else logits
