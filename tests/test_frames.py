@@ -145,3 +145,37 @@ def test_bundle_run_py_overlaps_with_the_same_outputs_and_errors(model_dir, tmp_
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert error_line(proc) == "error: images/im1.png: not a readable image (unknown or corrupt format)"
     assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["im0.png"]
+
+
+def video_frames(path) -> list[np.ndarray]:
+    import cv2
+
+    capture, frames = cv2.VideoCapture(str(path)), []
+    ok, frame = capture.read()
+    while ok:
+        frames.append(frame)
+        ok, frame = capture.read()
+    capture.release()
+    return frames
+
+
+def test_videos_come_out_frame_for_frame_the_same_with_workers(model_dir, tmp_path):
+    import cv2
+
+    from edgeseg.export.bundle import write_bundle
+
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (48, 32))
+    for _ in range(7):
+        writer.write(random_image(RNG, 32, 48))
+    writer.release()
+    write_bundle(model_dir, tmp_path / "bundle", (32, 48), [(torch.randn(3, 32, 48), None)])
+    for workers in ("0", "2"):
+        run_cli("predict", str(model_dir), str(tmp_path / "clip.mp4"), "--out", str(tmp_path / f"out{workers}"),
+                "--workers", workers, check=True)
+        proc = subprocess.run([sys.executable, str(tmp_path / "bundle" / "run.py"), "-i", "clip.mp4", "-o",
+                               f"bundle{workers}", "--workers", workers], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+        assert proc.returncode == 0 and "7 frames" in proc.stdout, proc.stderr
+    for prefix in ("out", "bundle"):
+        sequential, overlapped = (video_frames(tmp_path / f"{prefix}{w}" / "clip_overlay.mp4") for w in "02")
+        assert len(sequential) == 7 and all(np.array_equal(a, b) for a, b in zip(sequential, overlapped))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -214,13 +215,17 @@ def predict_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
-        result = predict_video(predictor, video, out_dir)
+        result = predict_video(predictor, video, out_dir, workers=workers)
         out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
                   f"(median {after_warmup(result.milliseconds):.1f} ms per frame on {predictor.device})")
     if images:
+        started = time.perf_counter()
         results = predict_images(predictor, paths, out_dir, with_overlay, workers)
-        out.print(f"wrote {len(results)} label maps to {out_dir} (median {after_warmup([r.milliseconds for r in results]):.1f}"
-                  f" ms per image on {predictor.device}{', first image left out as warm-up' if len(results) > 1 else ''})")
+        seconds = time.perf_counter() - started
+        model_ms = after_warmup([r.milliseconds for r in results])
+        out.print(f"wrote {len(results)} label maps to {out_dir} in {seconds:.1f} s, {len(results) / seconds:.1f} "
+                  f"images/s end to end (the model: median {model_ms:.1f} ms per image on {predictor.device}"
+                  f"{', first image left out as warm-up' if len(results) > 1 else ''})")
 
 
 @app.command("info")

@@ -79,10 +79,6 @@ class Segmenter:
             np.maximum(best, scores[c], out=best)
         return ids
 
-    def labels(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (H, W) uint8 class ids."""
-        return self.class_ids(self.logits(self.model_input(rgb)), *rgb.shape[:2])
-
     def label_image(self, label: np.ndarray) -> Image.Image:
         image = Image.fromarray(label, mode="P")
         image.putpalette(self.palette)
@@ -227,7 +223,7 @@ def output_names(images: list[Path]) -> list[str]:
     return names
 
 
-def run_video(segmenter: Segmenter, source: str, out_dir: Path) -> None:
+def run_video(segmenter: Segmenter, source: str, out_dir: Path, workers: int) -> None:
     try:
         import cv2
     except ImportError:
@@ -238,18 +234,33 @@ def run_video(segmenter: Segmenter, source: str, out_dir: Path) -> None:
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     name = f"camera{source}" if source.isdigit() else Path(source).stem
     writer, times = None, []
-    while True:
+
+    def frames():
         ok, frame = capture.read()
-        if not ok:
-            break
+        while ok:
+            yield frame
+            ok, frame = capture.read()
+
+    def prepare(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return rgb, segmenter.model_input(rgb)
+
+    def run(prepared: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         started = time.perf_counter()
-        label = segmenter.labels(rgb)
+        logits = segmenter.logits(prepared[1])
         times.append(1000 * (time.perf_counter() - started))
+        return prepared[0], logits
+
+    def finish(_, output: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        rgb, logits = output
+        label = segmenter.class_ids(logits, *rgb.shape[:2])
+        return cv2.cvtColor(segmenter.overlay(rgb, label), cv2.COLOR_RGB2BGR)
+
+    for drawn in in_order(frames(), prepare, run, finish, workers):
         if writer is None:
             writer = cv2.VideoWriter(str(out_dir / f"{name}_overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                     (rgb.shape[1], rgb.shape[0]))
-        writer.write(cv2.cvtColor(segmenter.overlay(rgb, label), cv2.COLOR_RGB2BGR))
+                                     (drawn.shape[1], drawn.shape[0]))
+        writer.write(drawn)
     if writer is not None:
         writer.release()
     capture.release()
@@ -275,7 +286,7 @@ def main() -> None:
     videos = [p for p in paths if p.suffix.lower() in VIDEO_SUFFIXES or str(p).isdigit()]
     images = [p for p in paths if p not in videos]
     for video in videos:
-        run_video(segmenter, str(video), args.output)
+        run_video(segmenter, str(video), args.output, args.workers)
     names = dict(zip(images, output_names(images)))
 
     def prepare(path: Path) -> tuple[np.ndarray, np.ndarray]:

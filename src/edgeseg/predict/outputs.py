@@ -7,6 +7,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from edgeseg.data.imageio import read_image
 from edgeseg.errors import DataError
 from edgeseg.fileio import atomic_write_bytes
 from edgeseg.predict.frames import DEFAULT_WORKERS, ordered_frames
-from edgeseg.predict.predictors import Predictor, label_map, labels_from_logits, model_input
+from edgeseg.predict.predictors import Predictor, labels_from_logits, model_input
 from edgeseg.predict.sources import output_names
 from edgeseg.runtime import track
 
@@ -135,9 +136,12 @@ class VideoResult:
     milliseconds: list[float]
 
 
-def predict_video(predictor: Predictor, source: str, out_dir: Path, max_frames: int | None = None) -> VideoResult:
+def predict_video(predictor: Predictor, source: str, out_dir: Path, max_frames: int | None = None,
+                  workers: int = DEFAULT_WORKERS) -> VideoResult:
     """Segment every frame of a video file or camera; write ``<out>/<name>_overlay.mp4`` at
-    the source's frame rate and time each frame's prediction (as the seeds' scripts do)."""
+    the source's frame rate and time each frame's prediction (as the seeds' scripts do).
+    ``workers`` threads normalise frames and draw overlays while the model runs; frames are
+    read and written here, in order."""
     import cv2
 
     capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
@@ -149,19 +153,38 @@ def predict_video(predictor: Predictor, source: str, out_dir: Path, max_frames: 
     target = out_dir / f"{name}_overlay.mp4"
     partial = target.with_name(f".{target.stem}.partial.mp4")
     writer, times = None, []
-    try:
-        while max_frames is None or len(times) < max_frames:
+
+    def frames() -> Iterator[np.ndarray]:
+        count = 0
+        while max_frames is None or count < max_frames:
             ok, frame = capture.read()
             if not ok:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            started = time.perf_counter()
-            label = label_map(predictor, rgb)
-            times.append((time.perf_counter() - started) * 1000)
-            if writer is None:
-                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (rgb.shape[1], rgb.shape[0]))
-            writer.write(cv2.cvtColor(overlay(rgb, label, predictor.classes), cv2.COLOR_RGB2BGR))
+                return
+            count += 1
+            yield frame
+
+    def prepare(frame: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return rgb, model_input(predictor, rgb)
+
+    def run(prepared: tuple[np.ndarray, torch.Tensor]) -> tuple[np.ndarray, torch.Tensor]:
+        started = time.perf_counter()
+        logits = predictor.logits(prepared[1])
+        times.append((time.perf_counter() - started) * 1000)
+        return prepared[0], logits
+
+    def finish(_, output: tuple[np.ndarray, torch.Tensor]) -> np.ndarray:
+        rgb, logits = output
+        label = labels_from_logits(logits, *rgb.shape[:2])
+        return cv2.cvtColor(overlay(rgb, label, predictor.classes), cv2.COLOR_RGB2BGR)
+
+    try:
+        with torch.inference_mode():
+            for drawn in ordered_frames(frames(), prepare, run, finish, workers):
+                if writer is None:
+                    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (drawn.shape[1], drawn.shape[0]))
+                writer.write(drawn)
     finally:
         capture.release()
         if writer is not None:
