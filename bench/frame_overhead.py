@@ -81,6 +81,18 @@ def median_ms(step, items, rounds: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(steps: dict[str, tuple], rounds: int) -> dict[str, float]:
+    """Each step's median ms, the steps taken in turn (one item of each), so that a slow
+    spell of a shared machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(rounds * max(len(items) for _, items in steps.values())):
+        for name, (step, items) in steps.items():
+            started = time.perf_counter()
+            step(items[index % len(items)])
+            times[name].append(1000 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="ONNX file, bundle or model directory (default: untrained swiftnet)")
@@ -118,18 +130,18 @@ def main() -> None:
                  "decode PNG (cv2.imdecode + BGR->RGB)": (lambda b: cv2.cvtColor(cv2.imdecode(
                      np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), blobs),
                  "normalise + pad (model_input)": (lambda rgb: model_input(predictor, rgb), rgbs),
-                 "model (fp32 ONNX)": (predictor.logits, tensors[:10]),
+                 "model (fp32 ONNX)": (predictor.logits, tensors),
                  "class ids (labels_from_logits)": (lambda l: labels_from_logits(l, *size), logits),
                  "label PNG encode (zlib level 1)": (lambda label: label_png(label, predictor.classes), labels)}
         if decoded is not None:
             how = "scaling folded into the first conv" if folded else "scaling a multiply in the graph"
             steps[f"model on the decoded uint8 image, logits out ({how})"] = (
-                lambda rgb: decoded.run(None, {"image": rgb[None]}), rgbs[:10])
+                lambda rgb: decoded.run(None, {"image": rgb[None]}), rgbs)
             steps["the same, uint8 class ids out (ArgMax in ONNX Runtime)"] = (
-                lambda rgb: decoded_ids.run(None, {"image": rgb[None]}), rgbs[:10])
+                lambda rgb: decoded_ids.run(None, {"image": rgb[None]}), rgbs)
         print("| step | median ms |\n|---|---:|")
-        for name, (step, items) in steps.items():
-            print(f"| {name} | {median_ms(step, items, 2):.2f} |")
+        for name, ms in interleaved_medians(steps, 1).items():
+            print(f"| {name} | {ms:.2f} |")
 
         settings = [("one step after the other", 0), *((f"overlapped, {w} worker(s)", w) for w in args.workers)]
         frame_ms: dict[str, list[float]] = {name: [] for name, _ in settings}
