@@ -10,6 +10,7 @@ The model: an ONNX file, bundle or model directory, or by default an untrained s
 the images' size (latency does not depend on the weights).
 
     python bench/frame_overhead.py [MODEL] [--images ../shared/data/camvid/val] [--count 30] [--rounds 3]
+        [--workers 1 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -100,7 +101,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=30, help="images used")
     parser.add_argument("--rounds", type=int, default=3, help="end-to-end passes over the images per setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="overlapped settings timed")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's, i.e. all cores or "
+                        "OMP_NUM_THREADS); with workers decoding alongside, fewer than the cores may be faster")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths = sorted(args.images.glob("*.png"))[:args.count]
     if not paths:
         raise SystemExit(f"error: {args.images}: no PNG images")
