@@ -51,7 +51,8 @@ def test_results_come_in_input_order_with_bounded_read_ahead(workers):
     results = list(ordered_frames(range(40), prepare, run, finish, workers))
     assert results == [(i, 10 * i + 1) for i in range(40)]
     assert run_order == list(range(40))  # the model sees the frames in order too
-    assert state["most"] <= max(1, FRAMES_AHEAD_PER_WORKER * workers)
+    # read ahead: at most that many waiting, and the next one may finish before the model takes the current one
+    assert state["most"] <= (FRAMES_AHEAD_PER_WORKER * workers + 1 if workers else 1)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
