@@ -20,7 +20,9 @@ def test_every_model_forward_backward_and_shape(name):
     x = torch.randn(2, 3, 2 * stride, 3 * stride, requires_grad=True)
     out = model(x)
     assert out.shape == (2, 5, 2 * stride, 3 * stride)
-    out.mean().backward()
+    heads = model(x, heads=True)
+    assert list(heads)[0] == "main" and torch.equal(heads["main"], out) and set(heads) == set(model.head_weights)
+    sum(head.mean() for head in heads.values()).backward()  # training-only heads included
     assert x.grad is not None and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 

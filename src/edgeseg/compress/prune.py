@@ -203,8 +203,9 @@ def plan_pruning(model: nn.Module, keep: float, criterion: str = "l1", skip: set
         else:  # per_channel, output
             out = list(ins[0])
         outputs.append(out)
-    for unit in outputs[-1]:
-        units.fixed[units.find(unit)] = True
+    for head in steps[-1].inputs:  # every head's classes stay
+        for unit in outputs[head]:
+            units.fixed[units.find(unit)] = True
     scopes = _scopes(units, steps, outputs)
     plan = PrunePlan(steps, outputs, units, scopes, kept_units(scopes, keep, keeps), {})
     for index, step in enumerate(steps):

@@ -80,7 +80,7 @@ class Upsample(nn.Module):
     it) is 1.8x slower otherwise; the loss reads float32 logits anyway.
     """
 
-    def __init__(self, scale: int = 2, mode: str = "bilinear", logits: bool = False) -> None:
+    def __init__(self, scale: float = 2, mode: str = "bilinear", logits: bool = False) -> None:
         super().__init__()
         self.scale = scale
         self.mode = mode
@@ -185,10 +185,19 @@ class PoolConcatDownsample(nn.Module):
 class SegmentationModel(nn.Module):
     """Base of every registered model: NCHW logits at input resolution.
 
-    Subclasses set ``output_stride`` and implement ``forward_features``.
+    Subclasses set ``output_stride`` and implement ``forward_features``. A model with
+    training-only auxiliary heads (PSPNet's, ICNet's cascade) names them in ``head_weights``
+    (head -> default loss weight; the main output is "main") and implements
+    ``forward_heads``, which returns every head's logits; ``forward(x, heads=True)`` returns
+    that dict. Everything else (evaluation, prediction, export, the compression passes' checks)
+    calls ``forward(x)`` and sees the main output only. ``drop_auxiliary_heads`` removes the
+    heads' modules (a quantized or deployed model has none).
     """
 
     output_stride: int = 1
+    head_weights: dict[str, float] = {"main": 1.0}
+    auxiliary_modules: tuple[str, ...] = ()  # the modules only the auxiliary heads use
+    auxiliary_dropped = False
 
     def check_input(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
@@ -197,12 +206,26 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"input size {h}x{w} is not divisible by the model's output stride {s}; "
                              f"pad or resize to a multiple of {s}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, heads: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         self.check_input(x)
-        return self.forward_features(x)
+        return self.forward_heads(x) if heads else self.forward_features(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's logits ("main" first); only the main one is at input resolution."""
+        return {"main": self.forward_features(x)}
+
+    @property
+    def has_auxiliary_heads(self) -> bool:
+        return any(getattr(self, name, None) is not None for name in self.auxiliary_modules)
+
+    def drop_auxiliary_heads(self) -> None:
+        for name in self.auxiliary_modules:
+            setattr(self, name, None)
+        self.head_weights = {"main": 1.0}
+        self.auxiliary_dropped = True
 
 
 def bilinear_kernel(size: int) -> torch.Tensor:

@@ -48,7 +48,8 @@ class _Features(nn.Module):
         self.model = model
 
     def forward(self, x):
-        return self.model.forward_features(x)
+        heads = getattr(self.model, "forward_heads", None)
+        return tuple(heads(x).values()) if heads is not None else self.model.forward_features(x)
 
 
 def _kind(module: nn.Module) -> str:
@@ -66,8 +67,9 @@ def _kind(module: nn.Module) -> str:
 
 
 def channel_steps(model: nn.Module) -> list[Step]:
-    """The steps of ``model.forward_features`` in execution order, the first the input image and
-    the last the output. Raises a one-line ModelError naming the first call whose effect on
+    """The steps of ``model.forward_heads`` (every head, auxiliary ones included, so that they
+    follow a pruned layer too) in execution order, the first the input image and the last the
+    output, whose inputs are the heads' logits. Raises a one-line ModelError naming the first call whose effect on
     channels is unknown (a plain conv outside ``ConvBNAct``, a reshape, an unknown function)."""
     wrapper = _Features(model)
     try:
@@ -81,8 +83,9 @@ def channel_steps(model: nn.Module) -> list[Step]:
         feeds = tuple(index[arg] for arg in node.args if isinstance(arg, fx.Node) and arg in index)
         if node.op == "placeholder":
             step = Step("input", "input", None, ())
-        elif node.op == "output":
-            step = Step("output", "output", None, feeds)
+        elif node.op == "output":  # every head's logits, the main output first
+            outputs = node.args[0] if isinstance(node.args[0], tuple) else (node.args[0],)
+            step = Step("output", "output", None, tuple(index[arg] for arg in outputs))
         elif node.op == "call_module":
             module = modules[node.target]
             name = node.target.removeprefix("model.")

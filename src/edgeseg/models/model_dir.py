@@ -22,7 +22,7 @@ from edgeseg.errors import ConfigError, ModelError
 from edgeseg.fileio import atomic_replace_dir
 from edgeseg.layout import CONFIG_NAME, WEIGHTS_NAME
 from edgeseg.models.folded import strip_batchnorm
-from edgeseg.models.pruned import apply_widths
+from edgeseg.models.pruned import apply_widths, conv_widths
 from edgeseg.models.quant_spec import QuantizationRecord
 from edgeseg.models.quantized import attach_record
 from edgeseg.models.zoo import create_model
@@ -56,6 +56,8 @@ class ModelConfig(StrictModel):
     input_size: tuple[PositiveInt, PositiveInt] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
+    auxiliary_heads: bool = Field(True, description="the architecture's training-only heads (PSPNet's, ICNet's "
+                                  "cascade guidance) are present; false once quantization removed them")
     widths: dict[str, int] = Field(default_factory=dict, description="conv name -> output channels, for every conv "
                                    "filter pruning narrowed (edgeseg prune); applied over the architecture's arguments")
     history: list[HistoryEntry] = Field(default_factory=list, description="stages applied, oldest first")
@@ -107,7 +109,19 @@ def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int
         classes=list(classes.names), palette=[tuple(c) for c in classes.palette],
         ignore_index=classes.ignore_index, mean=tuple(mean), std=tuple(std),
         input_size=tuple(input_size), output_stride=getattr(model, "output_stride", 1),
-        widths=dict(getattr(model, "widths", None) or {}), history=list(history or []))
+        widths=dict(getattr(model, "widths", None) or {}), history=list(history or []),
+        auxiliary_heads=not getattr(model, "auxiliary_dropped", False))
+
+
+def drop_auxiliary_heads(model: nn.Module, config: ModelConfig) -> ModelConfig:
+    """Remove ``model``'s training-only heads (a model about to be quantized or deployed needs
+    none); returns ``config`` recording it, without widths of the convs that went."""
+    if not getattr(model, "has_auxiliary_heads", False):
+        return config
+    model.drop_auxiliary_heads()
+    remaining = conv_widths(model)
+    widths = {name: width for name, width in config.widths.items() if name in remaining}
+    return config.model_copy(update={"auxiliary_heads": False, "widths": widths})
 
 
 def without_subnormals(tensor: torch.Tensor) -> torch.Tensor:
@@ -171,6 +185,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     path = Path(path)
     config = read_model_config(path)
     model = create_model(config.architecture, config.num_classes, **config.arguments)
+    if not config.auxiliary_heads and getattr(model, "has_auxiliary_heads", False):
+        model.drop_auxiliary_heads()
     if config.widths:
         try:
             apply_widths(model, config.widths)

@@ -114,7 +114,7 @@ def apply_widths(model: nn.Module, widths: dict[str, int]) -> nn.Module:
                 resized = resized_per_channel(step.module, count)
                 if resized is not step.module:
                     set_module(model, step.name, resized)
-        else:  # output
+        else:  # output: the heads' logits
             count = sizes[0]
         counts.append(count)
     model.widths = dict(widths)

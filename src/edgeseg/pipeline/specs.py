@@ -20,6 +20,10 @@ class TrainStage(StrictModel):
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's train section")
     keep: Literal["best", "last"] | None = Field(
         None, description="the model the stage hands on: best val mIoU or the last epoch (default: best; l1: last)")
+    init: Literal["continue", "weights"] = Field(
+        "continue", description="how the stage starts from the previous stage's model: continue it as it is "
+                                "(architecture, widths, weights), or build this stage's train.model and copy the "
+                                "tensors whose names and shapes match (two-stage training: PSPNet into ICNet)")
 
     @property
     def kept(self) -> str:

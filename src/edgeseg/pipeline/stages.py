@@ -234,7 +234,8 @@ def stage_train_config(train_section: dict, spec: TrainStage, work_dir: Path, in
     data = merge(train_section, spec.train)
     data.update(name=STAGE_RUN, runs_dir=str(work_dir))
     if init_from is not None:
-        data["model"] = {**data.get("model", {}), "init_from": str(init_from)}
+        key = "init_from" if spec.init == "continue" else "pretrained"
+        data["model"] = {**data.get("model", {}), key: str(init_from)}
     if spec.stage == "l1":
         data["optimizer"] = {**data.get("optimizer", {}), "regularization": "l1"}
     if spec.stage == "sparse":

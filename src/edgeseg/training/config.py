@@ -54,6 +54,16 @@ class LossSection(StrictModel):
     ohem_threshold: float | None = Field(
         None, gt=0, le=1, description="train on hard pixels only: true-class probability below this (OHEM; 0.7 is usual)")
     ohem_min_kept: float = Field(1 / 16, gt=0, le=1, description="OHEM: at least this fraction of labelled pixels")
+    head_weights: dict[str, float] | None = Field(
+        None, description="loss weight per output head of a multi-head model (e.g. icnet: main, sub24, sub4; "
+                          "pspnet: main, aux); default: the architecture's (ICNet 1.0 / 0.4 / 0.4)")
+
+    @field_validator("head_weights")
+    @classmethod
+    def _non_negative(cls, value):
+        if value is not None and any(weight < 0 for weight in value.values()):
+            raise ValueError("head weights must be >= 0")
+        return value
 
 
 class DataSection(StrictModel):

@@ -36,8 +36,8 @@ from edgeseg.training import distributed
 from edgeseg.training.checkpoint import (has_resumable_state, load_training_state, recover_run_dir,
                                      save_training_state)
 from edgeseg.training.config import TrainConfig
-from edgeseg.training.losses import pixel_loss
-from edgeseg.training.pretrained import load_pretrained
+from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
+from edgeseg.training.pretrained import describe_unmatched, load_pretrained
 from edgeseg.training.schedules import lr_factor
 from edgeseg.training.tblog import TensorBoardLog
 from edgeseg.training.weight_average import WeightAverage
@@ -281,8 +281,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     model, model_config = build_model(config, classes, val_set)
     check_crops(config, model_config.output_stride)
     if config.model.pretrained and resume_dir is None:
-        loaded, skipped = load_pretrained(model, config.model.pretrained)
-        log(f"pretrained: {loaded} tensors from {config.model.pretrained} ({skipped} left at initialisation)")
+        copied, unmatched = load_pretrained(model, config.model.pretrained)
+        log(f"pretrained: {copied} tensors from {config.model.pretrained} matched by name and shape; "
+            + describe_unmatched(unmatched))
     model.to(device)
     memory_format = training_memory_format(config, cuda)
     model.to(memory_format=memory_format)
@@ -290,6 +291,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
                            config.loss.ohem_threshold, config.loss.ohem_min_kept)
+    heads = head_weights(model, config.loss.head_weights)
+    if len(heads) > 1:
+        log("loss: " + " + ".join(f"{weight:g} x {name}" for name, weight in heads.items()))
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
     if resume_dir is None:
@@ -347,7 +351,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             with autocast():
-                loss = criterion(net(images), labels)
+                loss = (multi_head_loss(net, images, labels, criterion, heads) if len(heads) > 1
+                        else criterion(net(images), labels))
             loss_value = float(loss.detach())
             # every rank must stop at the same step, or the others wait in all-reduce for ever
             if distributed.sum_across(process, float(not math.isfinite(loss_value)))[0]:

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from edgeseg.errors import ConfigError
+
 
 class HardPixelCrossEntropy(torch.nn.Module):
     """Cross-entropy over the hard pixels of a batch (online hard example mining, as BiSeNet
@@ -44,3 +46,29 @@ def pixel_loss(weight: torch.Tensor | None, ignore_index: int, ohem_threshold: f
     if ohem_threshold is None:
         return torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
     return HardPixelCrossEntropy(weight, ignore_index, ohem_threshold, ohem_min_kept)
+
+
+def head_weights(model: torch.nn.Module, chosen: dict[str, float] | None) -> dict[str, float]:
+    """The loss weight of each output head: the architecture's defaults, overridden by
+    ``chosen`` (``loss.head_weights``); a head the model does not have is a ConfigError."""
+    defaults = dict(getattr(model, "head_weights", {"main": 1.0}))
+    for name in chosen or {}:
+        if name not in defaults:
+            raise ConfigError(f"loss.head_weights: '{name}' is no output head of this model (it has "
+                              f"{', '.join(defaults)})")
+    return {**defaults, **(chosen or {})}
+
+
+def multi_head_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion,
+                    weights: dict[str, float]) -> torch.Tensor:
+    """The weighted sum of ``criterion`` over the heads of ``net(images, heads=True)``; a head
+    coarser than the labels is upsampled (bilinear) to them first. Heads of weight 0 still
+    join the sum (times 0) so that every parameter takes part in the step, as DDP requires."""
+    outputs = net(images, heads=True)
+    total = None
+    for name, logits in outputs.items():
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        term = weights[name] * criterion(logits, labels)
+        total = term if total is None else total + term
+    return total

@@ -37,11 +37,12 @@ def resolve_weights(source: str) -> Path:
     return path
 
 
-def load_pretrained(model: torch.nn.Module, source: str) -> tuple[int, int]:
-    """Copy every tensor whose name and shape match; returns (loaded, skipped).
+def load_pretrained(model: torch.nn.Module, source: str) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape match; returns (copied, names of the model's
+    tensors left at initialisation).
 
-    Tensors that do not fit (a different class count, say) are skipped, so a backbone
-    can be reused; if nothing fits, that is an error.
+    Tensors that do not fit (a different class count, another architecture's head) are
+    skipped, so a backbone can be reused; if nothing fits, that is an error.
     """
     path = resolve_weights(source)
     try:
@@ -53,4 +54,11 @@ def load_pretrained(model: torch.nn.Module, source: str) -> tuple[int, int]:
     if not fitting:
         raise ConfigError(f"model.pretrained: {path}: no tensor matches this model's names and shapes")
     model.load_state_dict(fitting, strict=False)
-    return len(fitting), len(own) - len(fitting)
+    return len(fitting), [name for name in own if name not in fitting]
+
+
+def describe_unmatched(names: list[str], shown: int = 8) -> str:
+    """The modules whose tensors were left at initialisation, grouped by module, a few named."""
+    modules = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in names))
+    listed = ", ".join(modules[:shown]) + (f" and {len(modules) - shown} more" if len(modules) > shown else "")
+    return f"{len(names)} tensors of {len(modules)} modules left at initialisation" + (f": {listed}" if names else "")

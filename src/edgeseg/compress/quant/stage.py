@@ -15,7 +15,7 @@ from edgeseg.compress.quant.graph import bake_weights, calibrate, low_bit_layout
 from edgeseg.compress.quant.snapshot import quantization_snapshot, snapshot_text
 from edgeseg.errors import ModelError
 from edgeseg.models.blocks import ConvBNAct
-from edgeseg.models.model_dir import load_model_dir, save_model_dir
+from edgeseg.models.model_dir import drop_auxiliary_heads, load_model_dir, save_model_dir
 from edgeseg.models.quant_spec import QuantizationRecord, QuantizeConfig
 from edgeseg.models.quantized import attach_quantizers
 from edgeseg.models.profile import trainable_convs
@@ -40,6 +40,7 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
     if loaded.config.quantization is not None:
         raise ModelError(f"{source}: this model is already quantized")
     model, stride = loaded.model, loaded.config.output_stride
+    base_config = drop_auxiliary_heads(model, loaded.config)  # they would never see a calibration image
     low_bit = config.scheme == "low-bit"
     if low_bit and loaded.config.batchnorm_folded:
         raise ModelError(f"{source}: its BatchNorms are folded; the low-bit scheme binarizes the weights before "
@@ -74,7 +75,7 @@ def quantize_model_dir(source: str | Path, out: str | Path, config: QuantizeConf
                "zeros_revived": revived,
                "shift_violations": sum(row["shift_ok"] is False for row in snapshot["convs"])}
     record = QuantizationRecord(spec=config, points=points, follow=follow, float_layers=float_layers)
-    model_config = loaded.config.with_stage(metrics, quantization=record.model_dump(mode="json"),
+    model_config = base_config.with_stage(metrics, quantization=record.model_dump(mode="json"),
                                             batchnorm_folded=loaded.config.batchnorm_folded or not low_bit)
     save_model_dir(model, model_config, out, extra_files={
         SNAPSHOT_TEXT: snapshot_text(snapshot), SNAPSHOT_JSON: json.dumps(snapshot, indent=1) + "\n"})

@@ -14,24 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeseg.models.architectures.resnet import BasicBlock
 from edgeseg.models.blocks import AdaptiveAvgPool, Add, Concat, ConvBNAct, SegmentationModel, Upsample
 from edgeseg.models.registry import register_model
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 ConvBNAct, a projection shortcut when the shape changes."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = ConvBNAct(in_channels, out_channels, 3, stride=stride)
-        self.conv2 = ConvBNAct(out_channels, out_channels, 3, act="none")
-        self.shortcut = (ConvBNAct(in_channels, out_channels, 1, stride=stride, act="none")
-                         if stride != 1 or in_channels != out_channels else nn.Identity())
-        self.add = Add()
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.add(self.conv2(self.conv1(x)), self.shortcut(x)))
 
 
 class PyramidPooling(nn.Module):
