@@ -70,6 +70,50 @@ def train_command(
         out.print(str(result.run_dir))
 
 
+@app.command("folds")
+def folds_command(
+    config: Path = typer.Argument(..., help="YAML training config"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. epochs=5"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="comma-separated groups to hold out (default: "
+                                                                "every group of train+val)"),
+    ordinary: bool = typer.Option(True, "--ordinary/--no-ordinary", help="also train on the ordinary train split "
+                                                                          "and score its val split"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the table as JSON"),
+    force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg folds did not write it"),
+) -> None:
+    """Leave-one-group-out validation: train CONFIG once per held-out group (CamVid: per
+    sequence; other data: data.spec.group_by) and print each fold's mIoU, their mean and
+    spread, and the ordinary val mIoU. mIoU is the last epoch's model (nothing chosen on the
+    scored images); the best epoch's is shown beside it."""
+    from edgeseg.fileio import atomic_write_json, check_output
+    from edgeseg.training.config import load_train_config
+    from edgeseg.training.folds import run_folds
+
+    if json_file:
+        check_output(json_file, "folds", [config], force, kind="file", flag="--json")
+    loaded = load_train_config(config, overrides or [])
+    chosen = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+    result = run_folds(loaded, chosen, ordinary, log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    table = Table(title=f"{config}: leave-one-group-out (groups by '{result.rule}')")
+    for column in ("held out", "train images", "val images", "mIoU %", "best-epoch mIoU %", "run"):
+        table.add_column(column, justify="left" if column in ("held out", "run") else "right")
+    for fold in result.folds:
+        table.add_row(fold.held_out, str(fold.train_images), str(fold.val_images), _pct(fold.final_miou),
+                      _pct(fold.best_miou), str(fold.run_dir))
+    table.add_section()
+    values = [fold.final_miou for fold in result.folds]
+    table.add_row("mean", "", "", _pct(result.mean), "", "")
+    table.add_row("spread", "", "", f"sd {_pct(result.std)}, {_pct(min(values))}-{_pct(max(values))}", "", "")
+    if result.ordinary:
+        o = result.ordinary
+        table.add_row("ordinary val", str(o.train_images), str(o.val_images), _pct(o.final_miou), _pct(o.best_miou),
+                      str(o.run_dir))
+        table.add_row("gap (ordinary - mean)", "", "", _pct(o.final_miou - result.mean), "", "")
+    out.print(table)
+    if json_file:
+        atomic_write_json(json_file, {"written_by": "folds", **result.as_json()})
+
+
 @app.command("run")
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe: a train section and the stages in order"),
@@ -298,10 +342,12 @@ def data_check(
     show: int = typer.Option(20, "--show", help="problems listed per split"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw the class shares per split into this PNG"),
     force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg did not write them"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="regex on file names naming each image's group "
+                                                                     "(sequence): count val images sharing one with train"),
 ) -> None:
     """The label doctor: class shares, suggested class weights and every problem found."""
     from edgeseg.data.doctor import check_dataset
-    from edgeseg.data.spec import open_source
+    from edgeseg.data.spec import open_source, with_group_rule
     from edgeseg.fileio import atomic_write_bytes, atomic_write_json, check_output, mark_png
     from edgeseg.reports import doctor_json, print_doctor
 
@@ -309,7 +355,7 @@ def data_check(
     for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
             check_output(output, "data check", [root] if root else [], force, kind="file", flag=flag)
-    report = check_dataset(open_source(spec), split or None)
+    report = check_dataset(open_source(with_group_rule(spec, group_by) if group_by else spec), split or None)
     print_doctor(report, out, show)
     if json_file:
         atomic_write_json(json_file, {"written_by": "data check", **doctor_json(report)})

@@ -39,6 +39,8 @@ def print_doctor(report: DoctorReport, console: Console, show: int = 20) -> None
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if report.groups is not None:
+        console.print(f"groups: {report.groups.sentence()}", markup=False, soft_wrap=True)
     for split in report.splits:
         for warning in split.warnings:
             console.print(f"warning: {warning}", markup=False, soft_wrap=True)
@@ -68,7 +70,12 @@ def doctor_json(report: DoctorReport) -> dict:
             "problems": split.problems,
             "warnings": split.warnings,
         }
-    return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes, "splits": splits}
+    groups = None if report.groups is None else {
+        "rule": report.groups.rule, "val_images": report.groups.val_images,
+        "val_images_sharing_a_group_with_train": report.groups.shared_images,
+        "shared_groups": {g: {"train": t, "val": v} for g, (t, v) in report.groups.shared_groups.items()}}
+    return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes,
+            "groups": groups, "splits": splits}
 
 
 def print_profile(profile, config, console: Console) -> None:
