@@ -56,6 +56,15 @@ class LossSection(StrictModel):
     ohem_min_kept: float = Field(1 / 16, gt=0, le=1, description="OHEM: at least this fraction of labelled pixels")
 
 
+class DistillSection(StrictModel):
+    """Knowledge distillation: the student also matches a frozen teacher's softened
+    per-pixel class distribution (KL divergence, Hinton et al.)."""
+
+    teacher: str = Field(description="a model directory with the same classes (run in eval mode, never trained)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of both; the KL term is scaled by T^2")
+    weight: float = Field(1.0, ge=0, description="loss = cross-entropy + weight x T^2 x KL over labelled pixels")
+
+
 class DataSection(StrictModel):
     spec: str | DatasetConfig = Field("synthetic", description="a dataset spec string or a dataset mapping")
     train_split: str = "train"
@@ -85,6 +94,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
     clip_grad_norm: float | None = Field(None, gt=0)
+    distill: DistillSection | None = Field(None, description="learn from a teacher model too: {teacher: MODEL_DIR, "
+                                                                   "temperature: T, weight: w}")
     weight_average: float | None = Field(
         None, gt=0, lt=1, description="evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)")
     seed: int = 0

@@ -36,6 +36,7 @@ from edgeseg.training import distributed
 from edgeseg.training.checkpoint import (has_resumable_state, load_training_state, recover_run_dir,
                                      save_training_state)
 from edgeseg.training.config import TrainConfig
+from edgeseg.training.distill import Distiller
 from edgeseg.training.losses import pixel_loss
 from edgeseg.training.pretrained import load_pretrained
 from edgeseg.training.schedules import lr_factor
@@ -290,6 +291,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
                            config.loss.ohem_threshold, config.loss.ohem_min_kept)
+    distiller = (Distiller(config.distill, classes, config.data.mean, config.data.std, device)
+                 if config.distill else None)
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
     if resume_dir is None:
@@ -347,7 +350,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             with autocast():
-                loss = criterion(net(images), labels)
+                logits = net(images)
+                loss = criterion(logits, labels)
+                if distiller is not None:
+                    loss = loss + distiller(images, logits, labels)
             loss_value = float(loss.detach())
             # every rank must stop at the same step, or the others wait in all-reduce for ever
             if distributed.sum_across(process, float(not math.isfinite(loss_value)))[0]:
