@@ -13,7 +13,8 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg import cli_stages  # noqa: F401  (registers the stage commands)
-from edgeseg.cli_app import DeviceOption, ThreadsOption, after_warmup, app, data_app, out, set_threads
+from edgeseg.cli_app import (DeviceOption, ThreadsOption, TTAOption, after_warmup, app, data_app, out, set_threads,
+                             with_tta)
 from edgeseg.errors import EdgesegError
 
 
@@ -196,6 +197,7 @@ def eval_command(
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg eval did not write them"),
+    tta: Optional[str] = TTAOption,
 ) -> None:
     """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU,
     confusion matrix: rows ground truth, columns prediction)."""
@@ -208,11 +210,14 @@ def eval_command(
     for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
             check_output(output, "eval", [model], force, kind="file", flag=flag)
-    predictor = load_predictor(model, resolve_device(device))
+    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
     result["data"] = data
-    print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
+    if tta:
+        result["tta"] = str(predictor.spec)
+    print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images"
+                          f"{f', tta {predictor.spec}' if tta else ''}")
     if json_file:
         atomic_write_json(json_file, {"written_by": "eval", **result})
     if plot:
@@ -234,6 +239,7 @@ def predict_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
     threads: Optional[int] = ThreadsOption,
+    tta: Optional[str] = TTAOption,
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
@@ -253,7 +259,7 @@ def predict_command(
     files += [f"{'camera' + v if v.isdigit() else Path(v).stem}_overlay.mp4" for v in videos]
     check_files(out_dir, files, "predict", force)
     set_threads(threads)
-    predictor = load_predictor(model, resolve_device(device))
+    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
@@ -301,10 +307,13 @@ def bench_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
     threads: Optional[int] = ThreadsOption,
+    tta: Optional[str] = typer.Option(None, "--tta", help="also time each model with this test-time augmentation "
+                                                          "(e.g. flip,0.75,1.25), interleaved with it without"),
 ) -> None:
     """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
     their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
-    pre-processing, argmax and PNG encoding."""
+    pre-processing, argmax and PNG encoding. With --tta: each model also with test-time
+    augmentation, so its cost shows as the ratio of two rows."""
     from edgeseg.benchmark import end_to_end, measure_side_by_side
     from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.predict.predictors import load_predictor
@@ -315,6 +324,8 @@ def bench_command(
         check_output(json_file, "bench", models, force, kind="file", flag="--json")
     set_threads(threads)
     predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
+    if tta:
+        predictors.update({f"{name} +tta": with_tta(predictor, tta) for name, predictor in list(predictors.items())})
     first = next(iter(predictors.values()))
     input_size = tuple(size) if size else tuple(getattr(first, "size", None) or first.config.input_size)
     results = measure_side_by_side(predictors, input_size, runs=runs)
@@ -331,7 +342,7 @@ def bench_command(
     out.print(table)
     if json_file:
         atomic_write_json(json_file, {"written_by": "bench",
-                                      **(results[str(models[0])] if len(models) == 1 else {"models": results})})
+                                      **(results[str(models[0])] if len(predictors) == 1 else {"models": results})})
 
 
 @data_app.command("check")

@@ -21,6 +21,17 @@ out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() e
 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all)")
+TTAOption = typer.Option(None, "--tta", help="test-time augmentation, off by default: flip and/or scales, e.g. "
+                                             "'flip' or 'flip,0.75,1.25' (softmax averaged; one forward pass per view)")
+
+
+def with_tta(predictor, tta: str | None):
+    """``predictor`` itself, or with ``tta`` its test-time-augmented wrapper."""
+    if not tta:
+        return predictor
+    from edgeseg.predict.tta import TTAPredictor, parse_tta
+
+    return TTAPredictor(predictor, parse_tta(tta))
 
 
 def _print_version(value: bool) -> None:
