@@ -77,6 +77,8 @@ def fold_groups(config: TrainConfig, groups: list[str] | None) -> tuple[str, lis
     if dataset.holdout_group is not None:
         raise ConfigError("data.spec.holdout_group: folds hold out each group in turn; leave it unset")
     source = open_source(dataset)
+    if not hasattr(source, "splits"):
+        raise ConfigError(f"data.spec: a {dataset.format} dataset has no file names to group into folds")
     rule = getattr(source, "group_rule", None)
     if rule is None:
         raise ConfigError(f"data.spec: {source.spec} has no groups; give the dataset a group_by regex "
