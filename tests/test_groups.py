@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import CAMVID, error_line, needs_camvid, run_cli_here, write_image, write_label
@@ -13,6 +14,7 @@ from edgeseg.data.doctor import check_dataset, train_val_overlap
 from edgeseg.data.groups import group_of
 from edgeseg.data.spec import DatasetConfig, open_source
 from edgeseg.errors import ConfigError, DataError
+from edgeseg.models import load_model_dir
 
 # folder layout: train has clips a, b, c; val has clip c only (it shares its clip with train)
 LAYOUT = {"train": {"clipa": 3, "clipb": 2, "clipc": 2}, "val": {"clipc": 2}}
@@ -98,13 +100,19 @@ def test_camvid_groups_by_sequence_and_holds_one_out():
     assert "0006R0" not in {s.name.split("_")[0] for s in source.splits["train"]}
 
 
-def test_folds_command_trains_each_fold_and_prints_the_table(tmp_path):
+def tiny_folds_config(tmp_path, root, **changes):
+    config = {"name": "tiny", "runs_dir": str(tmp_path / "runs"), "epochs": 1, "batch_size": 2, "tensorboard": False,
+              "augment": {"crop": [32, 48]}, "model": {"args": {"width": 4}}, "deterministic": True,
+              "data": {"spec": {"format": "folder", "root": str(root), "group_by": "^(clip\\w)_"}, "num_workers": 0},
+              **changes}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_folds_command_trains_each_fold_prints_the_table_and_reuses_finished_runs(tmp_path):
     root = grouped_folder(tmp_path / "d")
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "tiny", "runs_dir": str(tmp_path / "runs"), "epochs": 1, "batch_size": 2, "tensorboard": False,
-        "augment": {"crop": [32, 48]}, "model": {"args": {"width": 4}},
-        "data": {"spec": {"format": "folder", "root": str(root), "group_by": "^(clip\\w)_"}, "num_workers": 0}}))
+    config = tiny_folds_config(tmp_path, root)
     proc = run_cli_here("folds", str(config), "seed=1", "--json", str(tmp_path / "folds.json"), check=True)
     result = json.loads((tmp_path / "folds.json").read_text())
     assert [f["held_out"] for f in result["folds"]] == ["clipa", "clipb", "clipc"]
@@ -113,9 +121,42 @@ def test_folds_command_trains_each_fold_and_prints_the_table(tmp_path):
     finals = [f["final_miou"] for f in result["folds"]]
     assert result["mean_miou"] == pytest.approx(np.mean(finals))
     assert result["std_miou"] == pytest.approx(np.std(finals, ddof=1))
+    folds = tmp_path / "runs" / "tiny-folds"
+    assert sorted(p.name for p in folds.iterdir()) == ["fold-clipa", "fold-clipb", "fold-clipc", "folds.json", "ordinary"]
     for fold in result["folds"]:  # each run's saved config holds its group out
-        config_saved = yaml.safe_load((Path(fold["run_dir"]) / "config.yaml").read_text())
-        assert config_saved["data"]["spec"]["holdout_group"] == fold["held_out"] and config_saved["seed"] == 1
+        assert fold["run_dir"] == str(folds / f"fold-{fold['held_out']}")
+        saved = yaml.safe_load((Path(fold["run_dir"]) / "config.yaml").read_text())
+        assert saved["data"]["spec"]["holdout_group"] == fold["held_out"] and saved["seed"] == 1
     assert "mean" in proc.stdout and "ordinary val" in proc.stdout and "spread" in proc.stdout
+
+    again = run_cli_here("folds", str(config), "seed=1", check=True)  # nothing left to train
+    assert again.stdout.count("trained before") == 4 and "epoch 1/1" not in again.stdout
+    assert json.loads((folds / "folds.json").read_text())["folds"] == result["folds"]
+    line = error_line(run_cli_here("folds", str(config), "seed=2"))
+    assert "fold-clipa: --resume cannot change what the run computes (seed differ" in line
+    assert line.endswith("or give these folds another name (name=...)")
     line = error_line(run_cli_here("folds", str(config), "--groups", "clipq"))
     assert "--groups: 'clipq' is not a group of train+val (clipa, clipb, clipc)" in line
+
+
+def test_an_interrupted_fold_continues_to_the_result_of_an_uninterrupted_one(tmp_path):
+    from edgeseg.training.config import load_train_config
+    from edgeseg.training.folds import run_folds
+
+    root = grouped_folder(tmp_path / "d")
+    config = load_train_config(tiny_folds_config(tmp_path, root, epochs=2))
+
+    def stop_after_first_epoch(line):
+        if line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_folds(config, ["clipb"], ordinary=False, log=stop_after_first_epoch)
+    lines = []
+    resumed = run_folds(config, ["clipb"], ordinary=False, log=lines.append)
+    assert any("continuing" in line for line in lines) and not any(line.startswith("epoch 1/2") for line in lines)
+    whole = run_folds(config.model_copy(update={"name": "whole"}), ["clipb"], ordinary=False, log=lambda _: None)
+    assert resumed.folds[0].final_miou == whole.folds[0].final_miou
+    assert resumed.folds[0].best_miou == whole.folds[0].best_miou
+    a, b = (load_model_dir(run.folds[0].run_dir / "best").model.state_dict() for run in (resumed, whole))
+    assert all(torch.equal(a[k], b[k]) for k in a)

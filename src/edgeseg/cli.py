@@ -85,10 +85,12 @@ def folds_command(
     """Leave-one-group-out validation: train CONFIG once per held-out group (CamVid: per
     sequence; other data: data.spec.group_by) and print each fold's mIoU, their mean and
     spread, and the ordinary val mIoU. mIoU is the last epoch's model (nothing chosen on the
-    scored images); the best epoch's is shown beside it."""
+    scored images); the best epoch's is shown beside it. Runs and folds.json go to
+    RUNS_DIR/NAME-folds/; run it again to continue an interrupted one."""
     from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.training.config import load_train_config
-    from edgeseg.training.folds import run_folds
+    from edgeseg.layout import FOLDS_JSON
+    from edgeseg.training.folds import folds_dir, run_folds
 
     if json_file:
         check_output(json_file, "folds", [config], force, kind="file", flag="--json")
@@ -111,8 +113,9 @@ def folds_command(
                       str(o.run_dir))
         table.add_row("gap (ordinary - mean)", "", "", _pct(o.final_miou - result.mean), "", "")
     out.print(table)
-    if json_file:
-        atomic_write_json(json_file, {"written_by": "folds", **result.as_json()})
+    for path in (folds_dir(loaded) / FOLDS_JSON, json_file):
+        if path:
+            atomic_write_json(path, {"written_by": "folds", **result.as_json()})
 
 
 @app.command("run")

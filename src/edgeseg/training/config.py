@@ -192,9 +192,10 @@ RESUME_FREE_KEYS = ("name", "runs_dir", "device", "tensorboard", "log_every", "d
 RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
 
 
-def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """The config that continues ``run_dir``: ``path`` (default: the run's config.yaml) with
-    ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
+def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = (),
+                  requested: TrainConfig | None = None) -> TrainConfig:
+    """The config that continues ``run_dir``: ``requested``, or ``path`` (default: the run's
+    config.yaml) with ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
     (``RESUME_FREE_KEYS``; after a divergence stop also the lr, schedule and gradient
     clipping); anything else is a ConfigError naming the keys. Changes are appended to
     ``history`` with the epoch they start from."""
@@ -206,7 +207,8 @@ def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] =
     if not saved_file.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = load_train_config(saved_file)
-    requested = load_train_config(path if path is not None else saved_file, overrides)
+    if requested is None:
+        requested = load_train_config(path if path is not None else saved_file, overrides)
     old, new = _flat(saved.model_dump(mode="json")), _flat(requested.model_dump(mode="json"))
     changed = [k for k in sorted(set(old) | set(new)) if k != "history" and old.get(k) != new.get(k)]
     diverged = bool(saved.history) and "diverged" in saved.history[-1]

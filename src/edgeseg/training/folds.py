@@ -12,9 +12,11 @@ from pathlib import Path
 from edgeseg.data.groups import pooled_groups
 from edgeseg.data.spec import DatasetConfig, open_source, parse_spec
 from edgeseg.errors import ConfigError
+from edgeseg.layout import BEST_DIR, FOLD_PREFIX, FOLDS_SUFFIX, METRICS_CSV, ORDINARY_RUN, RUN_CONFIG
 from edgeseg.schema import validate
-from edgeseg.training.config import TrainConfig
-from edgeseg.training.loop import train
+from edgeseg.training.checkpoint import has_resumable_state
+from edgeseg.training.config import TrainConfig, resume_config
+from edgeseg.training.loop import read_metrics_csv, train
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,16 @@ def dataset_config(config: TrainConfig) -> DatasetConfig:
     return parse_spec(spec) if isinstance(spec, str) else spec
 
 
+def folds_dir(config: TrainConfig) -> Path:
+    """Where the fold runs of ``config`` live: ``<runs_dir>/<name>-folds/``."""
+    return config.runs_dir / f"{config.name}{FOLDS_SUFFIX}"
+
+
 def fold_config(config: TrainConfig, group: str) -> TrainConfig:
-    """``config`` with ``group`` held out as val (train = the rest of train+val), run under its own name."""
+    """``config`` with ``group`` held out as val (train = the rest of train+val), run as
+    ``fold-<group>`` in the folds folder."""
     data = config.model_dump(mode="json")
-    data["name"] = f"{config.name}-fold-{group}"
+    data["name"], data["runs_dir"] = f"{FOLD_PREFIX}{group}", str(folds_dir(config))
     data["data"]["spec"] = {**dataset_config(config).model_dump(mode="json"), "holdout_group": group}
     data["data"]["train_split"], data["data"]["val_split"] = "train", "val"
     return validate(TrainConfig, data, f"fold {group}")
@@ -96,22 +104,46 @@ def fold_groups(config: TrainConfig, groups: list[str] | None) -> tuple[str, lis
 def run_folds(config: TrainConfig, groups: list[str] | None = None, ordinary: bool = True, log=print) -> FoldsResult:
     """Train ``config`` once per held-out group (and once as it is, when ``ordinary``) and
     collect each run's mIoU on the images it held out. Each run is an ordinary run directory
-    under ``runs_dir``, named ``<name>-fold-<group>``."""
+    in ``folds_dir(config)``: ``fold-<group>/`` and ``ordinary/``. Resumable: a run finished
+    before with the same config is read back, an interrupted one continued from its last
+    epoch; one made with another config is a ConfigError."""
     rule, chosen = fold_groups(config, groups)
     result = FoldsResult([], rule=rule, groups=chosen)
     plan = [(group, fold_config(config, group)) for group in chosen]
     if ordinary:
-        plan.append((None, config))
+        plan.append((None, config.model_copy(update={"name": ORDINARY_RUN, "runs_dir": folds_dir(config)})))
     for group, run_config in plan:
-        log(f"folds: training with {'group ' + repr(group) if group else 'the ordinary val split'} held out")
+        what = f"group '{group}'" if group else "the ordinary val split"
         source = open_source(run_config.data.spec)
         sizes = len(source.dataset(run_config.data.train_split, check_files=False)), \
             len(source.dataset(run_config.data.val_split, check_files=False))
-        run = train(run_config, log=log)
-        final = run.last_metrics["miou"] if run.last_metrics else math.nan
-        fold = FoldRun(group, sizes[0], sizes[1], final, run.best_miou, run.run_dir)
+        final, best, run_dir = _fold_run(run_config, what, log)
+        fold = FoldRun(group, sizes[0], sizes[1], final, best, run_dir)
         if group is None:
             result.ordinary = fold
         else:
             result.folds.append(fold)
     return result
+
+
+def _fold_run(config: TrainConfig, what: str, log) -> tuple[float, float, Path]:
+    """(last epoch's val mIoU, best val mIoU, run dir) of one fold, from its metrics.csv once
+    trained, continued or found finished."""
+    run_dir = config.runs_dir / config.name
+    if not (run_dir / RUN_CONFIG).is_file():
+        log(f"folds: training with {what} held out")
+        run_dir = train(config, log=log).run_dir
+    else:
+        try:
+            resumed = resume_config(run_dir, None, requested=config)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; or give these folds another name (name=...)") from None
+        if len(read_metrics_csv(run_dir / METRICS_CSV)) == config.epochs and (run_dir / BEST_DIR).is_dir():
+            log(f"folds: {what}: trained before, read from {run_dir}")
+        elif has_resumable_state(run_dir):
+            log(f"folds: {what}: continuing {run_dir}")
+            train(resumed, resume_dir=run_dir, log=log)
+        else:
+            raise ConfigError(f"{run_dir}: an unfinished fold run without a last/ state to continue; delete it")
+    scores = [float(row["val_miou"]) for row in read_metrics_csv(run_dir / METRICS_CSV) if row["val_miou"]]
+    return scores[-1], max(scores), run_dir
