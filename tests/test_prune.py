@@ -174,8 +174,9 @@ def test_bad_input_is_one_line(tmp_path):
     _, source = model_dir(tmp_path, "swiftnet")
     assert error_line(run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--keep", "0")) == \
         "error: prune options: bad value for 'keep': Input should be greater than 0"
-    assert "target_macs: not available yet" in error_line(
-        run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--target-macs", "0.5"))
+    assert error_line(run_cli("prune", str(source), "--out", str(tmp_path / "o"), "--target-macs", "0.5")).endswith(
+        "swiftnet: a prune target needs val images for its scan, and no training dataset is recorded; pass --data SPEC")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_prints_the_table_plots_and_exports(tmp_path):
@@ -194,15 +195,22 @@ def test_prune_stage_in_a_recipe_then_fine_tuned_and_folded(tmp_path):
     train = {**TINY_RECIPE["train"], "epochs": 1, "eval_every": 1}
     recipe = write_recipe(tmp_path, {**TINY_RECIPE, "train": train, "stages": {
         "dense": {"stage": "train"}, "prune": {"keep": 0.5, "skip": ["classifier"]},
-        "finetune": {"stage": "train"}, "fold": {"stage": "fold-bn", "check_images": 1}}})
+        "finetune": {"stage": "train"},
+        "again": {"stage": "prune", "target_macs": 0.8, "scan_images": 2, "scan_ratios": [0.5]},
+        "fold": {"stage": "fold-bn", "check_images": 1}}})
     loaded, stages = load_recipe(recipe)
     report = run_pipeline(loaded, stages, log=lambda line: None)
     rows = {row["stage"]: row for row in report["stages"]}
-    assert list(rows) == ["01-dense", "02-prune", "03-finetune", "04-fold"]
+    assert list(rows) == ["01-dense", "02-prune", "03-finetune", "04-again", "05-fold"]
     assert rows["02-prune"]["params"] < 0.5 * rows["01-dense"]["params"]
-    assert rows["03-finetune"]["params"] == rows["02-prune"]["params"] > rows["04-fold"]["params"]
+    assert rows["03-finetune"]["params"] == rows["02-prune"]["params"]
+    assert rows["04-again"]["macs"] <= 0.8 * rows["03-finetune"]["macs"]
+    assert rows["04-again"]["params"] > rows["05-fold"]["params"]
+    again = tmp_path / "pipeline" / "stages" / "04-again" / "model"
+    assert (again / "sensitivity.json").is_file()
     finetuned = load_model_dir(tmp_path / "pipeline" / "stages" / "03-finetune" / "model").config
-    folded = load_model_dir(tmp_path / "pipeline" / "stages" / "04-fold" / "model").config
-    assert finetuned.widths and folded.widths == finetuned.widths and folded.batchnorm_folded
-    assert [h.stage for h in folded.history] == ["train", "prune", "train", "fold-bn"]
+    folded = load_model_dir(tmp_path / "pipeline" / "stages" / "05-fold" / "model").config
+    assert finetuned.widths and folded.widths == load_model_dir(again).config.widths and folded.batchnorm_folded
+    assert [h.stage for h in folded.history] == ["train", "prune", "train", "prune", "fold-bn"]
+    assert folded.history[3].model_extra["keeps"]
     assert all(row.get("latency_ms") for row in report["stages"])

@@ -13,7 +13,8 @@ import torch
 
 from edgeseg.data.imageio import read_image
 from edgeseg.predict.outputs import label_png
-from edgeseg.predict.predictors import Predictor, label_map
+from edgeseg.predict.frames import DEFAULT_WORKERS, ordered_frames
+from edgeseg.predict.predictors import Predictor, labels_from_logits, model_input
 
 
 def measure_side_by_side(predictors: dict[str, object], size: tuple[int, int], runs: int = 20,
@@ -52,17 +53,28 @@ def measure_latency(predictor, size: tuple[int, int], runs: int = 20, warmup: in
     return measure_side_by_side({"model": predictor}, size, runs, warmup)["model"]
 
 
-def end_to_end(predictor: Predictor, images: list, warmup: int = 2) -> dict:
+def end_to_end(predictor: Predictor, images: list, warmup: int = 2, workers: int = DEFAULT_WORKERS) -> dict:
     """Frames per second of the whole path a deployed model runs per image: decode the file,
-    normalise, predict, argmax, encode the paletted label PNG (nothing written to disk)."""
-    def one(path) -> None:
-        label_png(label_map(predictor, read_image(path)), predictor.classes)
+    normalise, predict, argmax, encode the paletted label PNG (nothing written to disk), with
+    ``workers`` threads overlapping the steps around the model as ``edgeseg predict`` does
+    (0: one step after the other)."""
+    def prepare(path) -> tuple[tuple[int, int], torch.Tensor]:
+        image = read_image(path)
+        return image.shape[:2], model_input(predictor, image)
+
+    def run(prepared) -> tuple[tuple[int, int], torch.Tensor]:
+        size, tensor = prepared
+        return size, predictor.logits(tensor)
+
+    def finish(path, output) -> bytes:
+        size, logits = output
+        return label_png(labels_from_logits(logits, *size), predictor.classes)
 
     with torch.inference_mode():
-        for path in images[:warmup]:
-            one(path)
+        for _ in ordered_frames(images[:warmup], prepare, run, finish, workers):
+            pass
         started = time.perf_counter()
-        for path in images:
-            one(path)
+        for _ in ordered_frames(images, prepare, run, finish, workers):
+            pass
         seconds = time.perf_counter() - started
-    return {"images": len(images), "seconds": seconds, "fps": len(images) / seconds}
+    return {"images": len(images), "seconds": seconds, "fps": len(images) / seconds, "workers": workers}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -13,8 +14,8 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg import cli_stages  # noqa: F401  (registers the stage commands)
-from edgeseg.cli_app import (DeviceOption, ThreadsOption, TTAOption, after_warmup, app, data_app, out, set_threads,
-                             with_tta)
+from edgeseg.cli_app import (DeviceOption, ThreadsOption, TTAOption, WorkersOption, after_warmup, app, data_app, out,
+                             set_threads, with_tta)
 from edgeseg.errors import EdgesegError
 
 
@@ -242,6 +243,7 @@ def predict_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
     threads: Optional[int] = ThreadsOption,
+    workers: int = WorkersOption,
     tta: Optional[str] = TTAOption,
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
@@ -266,13 +268,17 @@ def predict_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
-        result = predict_video(predictor, video, out_dir)
+        result = predict_video(predictor, video, out_dir, workers=workers)
         out.print(f"wrote {result.overlay_file}: {result.frames} frames at {result.fps:.1f} fps "
                   f"(median {after_warmup(result.milliseconds):.1f} ms per frame on {predictor.device})")
     if images:
-        results = predict_images(predictor, paths, out_dir, with_overlay)
-        out.print(f"wrote {len(results)} label maps to {out_dir} (median {after_warmup([r.milliseconds for r in results]):.1f}"
-                  f" ms per image on {predictor.device}{', first image left out as warm-up' if len(results) > 1 else ''})")
+        started = time.perf_counter()
+        results = predict_images(predictor, paths, out_dir, with_overlay, workers)
+        seconds = time.perf_counter() - started
+        model_ms = after_warmup([r.milliseconds for r in results])
+        out.print(f"wrote {len(results)} label maps to {out_dir} in {seconds:.1f} s, {len(results) / seconds:.1f} "
+                  f"images/s end to end (the model: median {model_ms:.1f} ms per image on {predictor.device}"
+                  f"{', first image left out as warm-up' if len(results) > 1 else ''})")
 
 
 @app.command("info")
@@ -310,6 +316,7 @@ def bench_command(
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
     threads: Optional[int] = ThreadsOption,
+    workers: int = WorkersOption,
     tta: Optional[str] = typer.Option(None, "--tta", help="also time each model with this test-time augmentation "
                                                           "(e.g. flip,0.75,1.25), interleaved with it without"),
 ) -> None:
@@ -339,7 +346,7 @@ def bench_command(
     for name, predictor in predictors.items():
         row = results[name]
         if paths:
-            row["end_to_end"] = end_to_end(predictor, paths)
+            row["end_to_end"] = end_to_end(predictor, paths, workers=workers)
         table.add_row(name, row["backend"], f"{row['latency_ms']:.1f}", f"{row['latency_ms_p90']:.1f}",
                       f"{row['fps']:.1f}", f"{row['end_to_end']['fps']:.1f}" if paths else "-")
     out.print(table)

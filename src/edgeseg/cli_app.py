@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from edgeseg import __version__
+from edgeseg.predict.frames import DEFAULT_WORKERS
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -21,6 +22,9 @@ out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() e
 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N")
 ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all)")
+WorkersOption = typer.Option(DEFAULT_WORKERS, "--workers", min=0,
+                             help="threads that decode, encode and write images while the model runs "
+                                  "(0: one step after the other; the outputs are the same)")
 TTAOption = typer.Option(None, "--tta", help="test-time augmentation, off by default: flip and/or scales, e.g. "
                                              "'flip' or 'flip,0.75,1.25' (softmax averaged; one forward pass per view)")
 

@@ -86,6 +86,8 @@ def threshold_command(
 def prune_command(
     model: Path = typer.Argument(..., help="a float model directory"),
     out_dir: Path = OutOption,
+    data: Optional[str] = DataOption,
+    split: str = SplitOption,
     compression_factor: Optional[float] = typer.Option(None, "--compression-factor",
                                                        help="ICNet's name for --keep"),
     skip: Optional[List[str]] = typer.Option(None, "--skip", help="(repeatable) "
@@ -97,7 +99,9 @@ def prune_command(
 ) -> None:
     """Filter pruning (ICNet's compress.py): every conv keeps int(n x keep) of its filters with
     the largest norms; BatchNorms, the next convs, add groups, concats, grouped and depth-wise
-    convs follow; the classifier is never pruned. Prints channels and MACs per layer."""
+    convs follow; the classifier is never pruned. With --target-macs or --target-latency-ms a
+    sensitivity scan on --data's --split images chooses a keep per layer group instead (the
+    scan is written beside the model and reused). Prints channels and MACs per layer."""
     from edgeseg.compress.prune import plot_model_dir
     from edgeseg.fileio import check_output
 
@@ -109,9 +113,10 @@ def prune_command(
         settings = {**settings, "skip": [*settings.get("skip", []), *skip]}
     if plot is not None:
         check_output(plot, "prune", [model], force, kind="file", flag="--plot")
-    result = run_single_stage("prune", model, settings, out_dir, None, "val", force)
+    result = run_single_stage("prune", model, settings, out_dir, data, split, force)
     metrics = result.metrics
-    table = Table(title=f"prune keep {metrics['keep']} ({metrics['criterion']}"
+    how = f"keep {metrics['keep']}" if "keeps" not in metrics else "keep per layer group from the scan"
+    table = Table(title=f"prune {how} ({metrics['criterion']}"
                         f"{', soft: filters zeroed, shapes kept' if metrics['soft'] else ''})")
     for column in ("layer", "channels", "MMACs before", "MMACs after"):
         table.add_column(column, justify="left" if column == "layer" else "right")
@@ -123,8 +128,14 @@ def prune_command(
     out.print(f"at {h}x{w}: GMACs {metrics['macs_before'] / 1e9:.3f} -> {metrics['macs_after'] / 1e9:.3f}, params "
               f"{metrics['params_before']:,} -> {metrics['params_after']:,}"
               + ("; soft: the model keeps its shapes until pruned without --soft" if metrics["soft"] else ""))
+    if "keeps" in metrics:
+        from edgeseg.layout import PRUNE_SCAN_CSV, PRUNE_SCAN_PNG
+
+        out.print("layer groups cut: " + ", ".join(f"{key} {keep:g}" for key, keep in metrics["keeps"].items())
+                  + f"; predicted mIoU loss {100 * metrics['predicted_miou_loss']:.2f} points; the scan: "
+                  f"{out_dir / PRUNE_SCAN_CSV}, {out_dir / PRUNE_SCAN_PNG}", markup=False, soft_wrap=True)
     if plot is not None:
-        plot_model_dir(model, PruneStage(**{**settings, "stage": "prune"}).prune_config(), plot)
+        plot_model_dir(model, PruneStage(**{**settings, "stage": "prune"}).prune_config(), plot, metrics.get("keeps"))
         out.print(f"wrote {plot}")
     out.print(f"wrote {out_dir}")
 

@@ -4,6 +4,10 @@ writes a directory and every command that reads it (DESIGN.md section 2)."""
 # model directory
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# beside a model that edgeseg prune made for a MACs or latency target: the sensitivity scan
+PRUNE_SCAN_JSON = "sensitivity.json"
+PRUNE_SCAN_CSV = "sensitivity.csv"
+PRUNE_SCAN_PNG = "sensitivity.png"
 
 # run directory (edgeseg train)
 RUN_CONFIG = "config.yaml"

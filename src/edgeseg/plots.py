@@ -185,6 +185,29 @@ def filter_cutoffs(importance: dict[str, tuple[list[float], list[bool]]], title:
         figure.suptitle(title, fontsize=9)
     return _png(figure)
 
+def prune_sensitivity(ratios: list[float], losses: dict[str, list[float]], chosen: dict[str, float],
+                      title: str = "") -> bytes:
+    """A PNG of the prune scan: one row per layer group (forward order), one column per scanned
+    keep ratio, each cell the mIoU loss in points of cutting that group alone (darker: worse),
+    and the keep the allocation chose written at the right."""
+    names = list(losses)
+    figure = _figure(2.2 + 0.9 * len(ratios) + 1.2, 0.8 + 0.19 * max(1, len(names)))
+    ax = figure.subplots()
+    table = np.array([losses[name] for name in names]) if names else np.zeros((0, len(ratios)))
+    top = max(1e-6, float(table.max()) if table.size else 1.0)
+    ax.imshow(np.clip(table, 0, None), aspect="auto", cmap="Reds", vmin=0, vmax=top)
+    for row, name in enumerate(names):
+        for column, value in enumerate(losses[name]):
+            ax.text(column, row, f"{value:.1f}", ha="center", va="center", fontsize=6,
+                    color="white" if value > 0.6 * top else "black")
+        ax.text(len(ratios) - 0.35, row, f"keep {chosen.get(name, 1.0):g}", va="center", fontsize=6)
+    ax.set_xticks(range(len(ratios)), [f"keep {r:g}" for r in ratios], fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.set_xlim(-0.5, len(ratios) + 0.6)
+    ax.set_title(title or "mIoU loss (points) of cutting one layer group alone", fontsize=8)
+    return _png(figure)
+
+
 def write_run_pictures(run_dir: Path, rows: list[dict], metrics: dict | None,
                        class_names: list[str] | tuple[str, ...], what: str = "") -> list[Path]:
     """Write ``run_dir/curves.png`` from the metrics rows and, when ``metrics`` carries a

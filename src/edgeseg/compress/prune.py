@@ -95,19 +95,48 @@ class Units:
         return b
 
 
+@dataclass(frozen=True)
+class Scope:
+    """The units of layers that meet (an add group, a concat's parts stay apart): ``fixed`` ones
+    always stay, ``ranked`` ones are kept most important first."""
+
+    fixed: list[int]
+    ranked: list[int]
+
+
 @dataclass
 class PrunePlan:
-    """What pruning decided: per step the units of its output, which units stay, and each
-    prunable conv's raw filter importance with the filters kept (for the plot)."""
+    """What pruning decided: per step the units of its output, the scopes (named after their
+    first conv in forward order), which units stay, and each prunable conv's raw filter
+    importance with the filters kept (for the plot)."""
 
     steps: list[Step]
     outputs: list[list[int]]
     units: Units
+    scopes: dict[str, Scope]
     kept: set[int]
     importance: dict[str, tuple[list[float], list[bool]]]
 
     def keeps(self, units: list[int]) -> torch.Tensor:
         return torch.tensor([self.units.find(u) in self.kept for u in units], dtype=torch.bool)
+
+
+def kept_units(scopes: dict[str, Scope], keep: float, keeps: dict[str, float] | None = None) -> set[int]:
+    """Each scope keeps its fixed units and int(n x keep) of its ranked ones (at least 1), with
+    ``keeps`` giving some scopes a keep of their own."""
+    keeps = keeps or {}
+    unknown = sorted(set(keeps) - set(scopes))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(scopes), n=1)
+        raise ConfigError(f"keeps: '{unknown[0]}' is no prunable layer group of this model"
+                          + (f" (did you mean '{close[0]}'?)" if close else ""))
+    kept: set[int] = set()
+    for key, scope in scopes.items():
+        ratio = keeps.get(key, keep)
+        kept.update(scope.fixed)
+        if scope.ranked:
+            kept.update(scope.ranked[:max(1, int(len(scope.ranked) * ratio))])
+    return kept
 
 
 def filter_importance(block: ConvBNAct, criterion: str) -> torch.Tensor:
@@ -137,8 +166,10 @@ def skipped_convs(model: nn.Module, patterns: list[str]) -> set[str]:
     return found
 
 
-def plan_pruning(model: nn.Module, keep: float, criterion: str = "l1", skip: set[str] = frozenset()) -> PrunePlan:
-    """Follow the channels of ``model`` and choose the units to keep (see the module doc)."""
+def plan_pruning(model: nn.Module, keep: float, criterion: str = "l1", skip: set[str] = frozenset(),
+                 keeps: dict[str, float] | None = None) -> PrunePlan:
+    """Follow the channels of ``model`` and choose the units to keep (see the module doc);
+    ``keeps`` gives named scopes (``PrunePlan.scopes``) their own keep ratio."""
     steps = channel_steps(model)
     stateful = [step.name for step in steps if step.module is not None and any(True for _ in step.module.parameters())]
     twice = next((name for name in stateful if stateful.count(name) > 1), None)
@@ -174,8 +205,8 @@ def plan_pruning(model: nn.Module, keep: float, criterion: str = "l1", skip: set
         outputs.append(out)
     for unit in outputs[-1]:
         units.fixed[units.find(unit)] = True
-    kept = _select(units, keep)
-    plan = PrunePlan(steps, outputs, units, kept, {})
+    scopes = _scopes(units, steps, outputs)
+    plan = PrunePlan(steps, outputs, units, scopes, kept_units(scopes, keep, keeps), {})
     for index, step in enumerate(steps):
         if step.kind == "conv" and step.name in importance:
             plan.importance[step.name] = (importance[step.name].tolist(), plan.keeps(outputs[index]).tolist())
@@ -203,18 +234,21 @@ def _conv_units(units: Units, index: int, step: Step, ins: list[int], criterion:
     return out
 
 
-def _select(units: Units, keep: float) -> set[int]:
-    scopes: dict[int, list[int]] = {}
+def _scopes(units: Units, steps: list[Step], outputs: list[list[int]]) -> dict[str, Scope]:
+    members: dict[int, list[int]] = {}
     for unit in range(len(units.parent)):
         if units.find(unit) == unit:
-            scopes.setdefault(units.find_scope(units.scope[unit]), []).append(unit)
-    kept: set[int] = set()
-    for members in scopes.values():
-        prunable = [u for u in members if not units.fixed[u] and units.score[u] is not None]
-        kept |= {u for u in members if u not in prunable}
-        count = max(1, int(len(prunable) * keep)) if prunable else 0
-        kept |= set(sorted(prunable, key=lambda u: -units.score[u])[:count])
-    return kept
+            members.setdefault(units.find_scope(units.scope[unit]), []).append(unit)
+    names: dict[int, str] = {}
+    for step, out in zip(steps, outputs):
+        if step.kind == "conv" and out:
+            names.setdefault(units.find_scope(units.scope[units.find(out[0])]), step.name)
+    scopes: dict[str, Scope] = {}
+    for scope, roots in members.items():
+        ranked = [u for u in roots if not units.fixed[u] and units.score[u] is not None]
+        fixed = [u for u in roots if units.fixed[u] or units.score[u] is None]
+        scopes[names.get(scope, "input")] = Scope(fixed, sorted(ranked, key=lambda u: -units.score[u]))
+    return scopes
 
 
 @torch.no_grad()
@@ -337,11 +371,13 @@ def padded_size(config) -> tuple[int, int]:
     return tuple(-(-side // stride) * stride for side in config.input_size)
 
 
-def prune_model_dir(source, out, config: PruneConfig) -> tuple[list[PrunedLayer], dict, PrunePlan]:
+def prune_model_dir(source, out, config: PruneConfig, keeps: dict[str, float] | None = None
+                    ) -> tuple[list[PrunedLayer], dict, PrunePlan]:
     """The prune stage: model directory in, pruned model directory out (``config.soft``: same
-    shapes, removed units zeroed; else narrower, its widths in config.json). Returns a row per
-    conv, the metrics recorded in the model's history (params and MACs before and after; for a
-    soft cut, after is what committing it would give) and the plan (for the plot)."""
+    shapes, removed units zeroed; else narrower, its widths in config.json); ``keeps``: a keep
+    ratio per layer group (a target's allocation), the rest whole. Returns a row per conv, the
+    metrics recorded in the model's history (params and MACs before and after; for a soft cut,
+    after is what committing it would give) and the plan (for the plot)."""
     loaded = load_model_dir(source)
     model, model_config = loaded.model, loaded.config
     if model_config.quantization is not None:
@@ -352,16 +388,20 @@ def prune_model_dir(source, out, config: PruneConfig) -> tuple[list[PrunedLayer]
     skip = skipped_convs(model, config.skip)
     size = padded_size(model_config)
     before = profile_model(model, size)
-    plan = plan_pruning(model, config.keep, config.criterion, skip)
+    plan = plan_pruning(model, 1.0 if keeps is not None else config.keep, config.criterion, skip, keeps)
     hard, hard_plan = copy.deepcopy((model, plan))
     changed = hard_prune(hard, hard_plan)
     after = profile_model(hard, size)
     after_layers = {layer.name: layer for layer in after.layers}
     rows = [PrunedLayer(layer.name, layer.out_channels, after_layers[layer.name].out_channels, layer.macs,
                         after_layers[layer.name].macs) for layer in before.layers]
-    metrics = {"stage": "prune", **config.model_dump(exclude={"target_macs", "target_latency_ms"}),
+    metrics = {"stage": "prune", **config.model_dump(exclude=set() if keeps is not None else
+                                                     {"target_macs", "target_latency_ms", "scan_ratios",
+                                                      "scan_images"}),
                "params_before": before.params, "params_after": after.params, "macs_before": before.macs,
                "macs_after": after.macs, "layers_pruned": len(changed), "input_size": list(size)}
+    if keeps is not None:
+        metrics["keeps"] = dict(keeps)
     if config.soft:
         metrics["filters_zeroed"] = soft_prune(plan)
         save_model_dir(model, model_config.with_stage(metrics), out)
@@ -371,11 +411,13 @@ def prune_model_dir(source, out, config: PruneConfig) -> tuple[list[PrunedLayer]
     return rows, metrics, plan
 
 
-def plot_model_dir(source, config: PruneConfig, path) -> Path:
+def plot_model_dir(source, config: PruneConfig, path, keeps: dict[str, float] | None = None) -> Path:
     """Write the PNG of ``edgeseg prune --plot``: per layer of the model directory ``source``,
-    its sorted filter importances and the cut-off ``config`` makes (planning is deterministic,
-    so this is the choice the prune stage made)."""
+    its sorted filter importances and the cut-off ``config`` (or the per-group ``keeps``) makes
+    (planning is deterministic, so this is the choice the prune stage made)."""
     model = load_model_dir(source).model
-    plan = plan_pruning(model, config.keep, config.criterion, skipped_convs(model, config.skip))
-    picture = filter_cutoffs(plan.importance, f"{source}: keep {config.keep} ({config.criterion}); dark: kept")
+    plan = plan_pruning(model, 1.0 if keeps is not None else config.keep, config.criterion,
+                        skipped_convs(model, config.skip), keeps)
+    how = "keep per layer group from the scan" if keeps is not None else f"keep {config.keep}"
+    picture = filter_cutoffs(plan.importance, f"{source}: {how} ({config.criterion}); dark: kept")
     return atomic_write_bytes(Path(path), mark_png(picture, "prune"))

@@ -28,12 +28,26 @@ class PruneConfig(StrictModel):
                                                               "them) whose filters are all kept")
     soft: bool = Field(False, description="zero the pruned filters (and their BatchNorm scale and shift) "
                                           "instead of removing them, to evaluate a cut before committing")
-    target_macs: float | None = Field(None, description="not available yet: use keep")
-    target_latency_ms: float | None = Field(None, description="not available yet: use keep")
+    target_macs: float | None = Field(
+        None, gt=0, lt=1, description="instead of keep: the fraction of the model's MACs to keep, shared out per "
+                                      "layer group by a sensitivity scan on val images (least predicted loss)")
+    target_latency_ms: float | None = Field(
+        None, gt=0, description="instead of keep: the fp32 ONNX Runtime latency (ms, at the model's input size, "
+                                "on this machine) to reach, shared out as for target_macs")
+    scan_ratios: list[float] = Field([0.75, 0.5, 0.25], min_length=1,
+                                     description="keep ratios each layer group is cut to, alone, in the scan")
+    scan_images: int = Field(16, ge=1, description="val images the scan scores (evenly spread over the split)")
 
     @model_validator(mode="after")
-    def _targets_not_yet(self):
-        for key in ("target_macs", "target_latency_ms"):
-            if getattr(self, key) is not None:
-                raise ValueError(f"{key}: not available yet (sensitivity-based allocation is planned); use keep")
+    def _one_way_to_choose(self):
+        if self.target_macs is not None and self.target_latency_ms is not None:
+            raise ValueError("give target_macs or target_latency_ms, not both")
+        if self.targeted and "keep" in self.model_fields_set:
+            raise ValueError("keep: give keep or a target (target_macs, target_latency_ms), not both")
+        if any(not 0 < ratio < 1 for ratio in self.scan_ratios) or len(set(self.scan_ratios)) < len(self.scan_ratios):
+            raise ValueError("scan_ratios: each ratio must lie strictly between 0 and 1, and appear once")
         return self
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_macs is not None or self.target_latency_ms is not None

@@ -60,5 +60,7 @@ def _readme(config, metrics: dict, int8: bool) -> str:
             "    pip install -r requirements.txt\n"
             "    python run.py -i path/to/images -o output --overlay\n"
             "    python run.py -i video.mp4 -o output      # needs opencv-python-headless\n\n"
+            "Images are decoded and written on 2 threads while the model runs (--workers 0: one\n"
+            "step after the other; the same files).\n"
             "output/<name>.png holds class ids as a paletted PNG. meta.yaml lists classes, palette,\n"
             "pre- and post-processing and the check this export passed against its source model.\n")

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import copy
 import io
+import statistics
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -34,7 +37,7 @@ from edgeseg.export.onnx_graph import (clip_activation_levels, fold_weight_quant
                                       quantize_conv_biases, without_local_paths)
 from edgeseg.export.opencv_check import OpenCVLoadError, compare_with_opencv
 from edgeseg.fileio import atomic_write_bytes
-from edgeseg.predict.predictors import TorchPredictor
+from edgeseg.predict.predictors import TorchPredictor, ort_session
 from edgeseg.metrics import ConfusionMatrix, class_ids
 from edgeseg.models.blocks import AdaptiveAvgPool
 from edgeseg.models.model_dir import load_model_dir
@@ -238,3 +241,17 @@ def _compare(reference: TorchPredictor, exported, images, int8: bool) -> dict:
         exp_miou = confusions["exported"].summary(reference.classes.names)["miou"]
         result.update(reference_miou=ref_miou, exported_miou=exp_miou, miou_drop=ref_miou - exp_miou)
     return result
+
+
+def onnx_latency_ms(model: torch.nn.Module, size: tuple[int, int], runs: int = 20, warmup: int = 3) -> float:
+    """The median fp32 ONNX Runtime latency of ``model`` on one (1, 3, *size) image, exported and
+    optimised as ``edgeseg export`` does (nothing written)."""
+    session = ort_session(optimize_graph(to_onnx(copy.deepcopy(model).eval().cpu(), size)).SerializeToString())
+    image = np.zeros((1, 3, *size), dtype=np.float32)
+    times = []
+    for index in range(warmup + runs):
+        started = time.perf_counter()
+        session.run(None, {"image": image})
+        if index >= warmup:
+            times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)

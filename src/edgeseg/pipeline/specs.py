@@ -37,7 +37,7 @@ class PruneStage(PruneConfig):
     stage: Literal["prune"] = "prune"
 
     def prune_config(self) -> PruneConfig:
-        return PruneConfig(**self.model_dump(exclude={"stage"}))
+        return PruneConfig(**self.model_dump(exclude={"stage"}, exclude_unset=True))
 
 
 class FoldStage(StrictModel):

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from edgeseg.compress.bn_fold import fold_model_dir
 from edgeseg.compress.prune import prune_model_dir
+from edgeseg.compress.prune_search import scope_sizes
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.compress.threshold import threshold_model_dir
@@ -25,6 +26,7 @@ from edgeseg.fileio import atomic_replace_dir
 from edgeseg.layout import (BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, STAGE_MODEL, STAGE_RUN,
                             WEIGHTS_NAME)
 from edgeseg.models.model_dir import read_model_config
+from edgeseg.pipeline.prune_target import search_allocation, write_scan
 from edgeseg.pipeline.specs import (ExportStage, FoldStage, PruneStage, QuantizeStage, Stage, ThresholdStage,
                                     TrainStage)
 from edgeseg.schema import StrictModel, merge, validate
@@ -93,11 +95,19 @@ def run_threshold(source: Path, spec: ThresholdStage, out: Path, ctx: StageConte
 
 def run_prune(source: Path, spec: PruneStage, out: Path, ctx: StageContext) -> StageResult:
     """ICNet's filter pruning: each layer keeps the ``spec.keep`` fraction of its most important
-    filters (removed, or with ``spec.soft`` zeroed); a training stage after it fine-tunes."""
-    layers, metrics, _ = prune_model_dir(source, out, spec.prune_config())
+    filters (removed, or with ``spec.soft`` zeroed), or with a MACs or latency target a keep per
+    layer group chosen from a sensitivity scan; a training stage after it fine-tunes."""
+    config = spec.prune_config()
+    search = search_allocation(source, config, out, ctx.data, ctx.split, ctx.log) if config.targeted else None
+    layers, metrics, plan = prune_model_dir(source, out, config, search[0].keeps if search else None)
     narrowed = sum(row.channels_after < row.channels_before for row in layers)
-    ctx.log(f"prune: {'zeroed' if spec.soft else 'removed'} filters in {narrowed} of {len(layers)} convs (keep "
-            f"{spec.keep}, {spec.criterion}); GMACs {metrics['macs_before'] / 1e9:.3f} -> "
+    how = f"keep {spec.keep}" if search is None else "keep per layer group from the scan"
+    if search is not None:
+        allocation, sensitivity, found = search
+        write_scan(out, sensitivity, allocation, scope_sizes(plan))
+        metrics.update(found)
+    ctx.log(f"prune: {'zeroed' if spec.soft else 'removed'} filters in {narrowed} of {len(layers)} convs ({how}, "
+            f"{spec.criterion}); GMACs {metrics['macs_before'] / 1e9:.3f} -> "
             f"{metrics['macs_after'] / 1e9:.3f}, params {metrics['params_before']:,} -> {metrics['params_after']:,}"
             + (" once committed" if spec.soft else ""))
     return StageResult(out, None, {**metrics, "layers": [row.as_dict() for row in layers]})

@@ -42,12 +42,32 @@ class Predictor(Protocol):
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, H, W) int64 class ids."""
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (H, W) an image of this size is zero-padded to before it enters the model."""
+
+
+def model_input(predictor: Predictor, rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H', W') float32: normalised as the model expects and
+    zero-padded (the mean colour) at the bottom and right to ``predictor.padded_size``, so
+    that ``predictor.logits`` pads nothing more (this step can run on another thread)."""
+    h, w = rgb.shape[:2]
+    ph, pw = predictor.padded_size(h, w)
+    normalised = predictor.normalize.image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
+    padded = torch.zeros(1, 3, max(ph, h), max(pw, w))
+    padded[0, :, :h, :w] = normalised
+    return padded
+
+
+def labels_from_logits(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(1, C, H', W') logits of a padded input -> (height, width) uint8 class ids."""
+    return class_ids(logits[:, :, :height, :width])[0].to("cpu", torch.uint8).numpy()
+
 
 def label_map(predictor: Predictor, rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) uint8 class ids: normalised as the model expects, padded
-    to its stride or input size and cropped back."""
-    tensor = predictor.normalize.image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))[None]
-    return predictor.labels(tensor)[0].to("cpu", torch.uint8).numpy()
+    to its stride or input size and cropped back (``model_input``, ``predictor.logits``,
+    ``labels_from_logits``: the steps ``predict.frames`` overlaps)."""
+    return labels_from_logits(predictor.logits(model_input(predictor, rgb)), *rgb.shape[:2])
 
 
 class TorchPredictor:
@@ -68,6 +88,10 @@ class TorchPredictor:
         x = pad_to_stride(images.to(self.device, non_blocking=True), self.output_stride)
         return self.model(x)[..., :h, :w]
 
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        s = self.output_stride
+        return height + (-height) % s, width + (-width) % s
+
     @classmethod
     def from_dir(cls, path: str | Path, device: torch.device) -> "TorchPredictor":
         loaded = load_model_dir(path, device)
@@ -76,6 +100,20 @@ class TorchPredictor:
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, H, W) int64 class ids."""
         return class_ids(self.logits(images))
+
+
+def ort_session(model: str | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a file or serialised graph, all graph optimisations on."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    # idle worker threads would spin and steal the core from whatever runs next (another
+    # model timed side by side, the decoder of the next frame)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxPredictor:
@@ -99,42 +137,33 @@ class OnnxPredictor:
         self.device = torch.device("cpu")
         self.backend = "onnxruntime"
 
-    @staticmethod
-    def _session(model: str | bytes, threads: int | None):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        # idle worker threads would spin and steal the core from whatever runs next (another
-        # model timed side by side, the decoder of the next frame)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
     @classmethod
     def from_file(cls, path: str | Path, threads: int | None = None) -> "OnnxPredictor":
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: file not found")
         try:
-            session = cls._session(str(path), threads)
+            session = ort_session(str(path), threads)
         except Exception as err:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
         return cls(session, str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, threads: int | None = None) -> "OnnxPredictor":
-        return cls(cls._session(data, threads), "exported model")
+        return cls(ort_session(data, threads), "exported model")
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        s = self.output_stride
+        return self.size or (height + (-height) % s, width + (-width) % s)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
-        s = self.output_stride
-        fh, fw = self.size or (h + (-h) % s, w + (-w) % s)
+        fh, fw = self.padded_size(h, w)
         if h > fh or w > fw:
             raise ModelError(f"{self.source}: image {h}x{w} is larger than the model's fixed input {fh}x{fw}; "
                              f"export again with --size")
-        x = F.pad(images.float().cpu(), (0, fw - w, 0, fh - h)).contiguous().numpy()
+        x = images.float().cpu()
+        x = (x if (h, w) == (fh, fw) else F.pad(x, (0, fw - w, 0, fh - h))).contiguous().numpy()
         out = self.session.run(["logits"], {"image": x})[0]
         return torch.from_numpy(out[..., :h, :w])
 

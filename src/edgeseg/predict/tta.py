@@ -88,3 +88,8 @@ class TTAPredictor:
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         return class_ids(self.probabilities(images))
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """No padding ahead of ``logits``: each view is padded by the wrapped predictor, after
+        mirroring and resizing (a mirrored pre-padded image would have its padding on the left)."""
+        return height, width
