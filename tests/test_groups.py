@@ -115,23 +115,26 @@ def test_folds_command_trains_each_fold_prints_the_table_and_reuses_finished_run
     config = tiny_folds_config(tmp_path, root)
     proc = run_cli_here("folds", str(config), "seed=1", "--json", str(tmp_path / "folds.json"), check=True)
     result = json.loads((tmp_path / "folds.json").read_text())
-    assert [f["held_out"] for f in result["folds"]] == ["clipa", "clipb", "clipc"]
-    assert [(f["train_images"], f["val_images"]) for f in result["folds"]] == [(6, 3), (7, 2), (5, 4)]
-    assert (result["ordinary"]["train_images"], result["ordinary"]["val_images"]) == (7, 2)
-    finals = [f["final_miou"] for f in result["folds"]]
+    runs = result["runs"]
+    assert [r["held_out"] for r in runs] == ["clipa", "clipb", "clipc", None]
+    assert [(r["train_images"], r["val_images"]) for r in runs] == [(6, 3), (7, 2), (5, 4), (7, 2)]
+    finals = [r["final_miou"] for r in runs[:3]]
+    assert result["fold_miou"] == dict(zip(["clipa", "clipb", "clipc"], finals))
     assert result["mean_miou"] == pytest.approx(np.mean(finals))
     assert result["std_miou"] == pytest.approx(np.std(finals, ddof=1))
+    assert result["ordinary_miou"] == runs[3]["final_miou"]
     folds = tmp_path / "runs" / "tiny-folds"
     assert sorted(p.name for p in folds.iterdir()) == ["fold-clipa", "fold-clipb", "fold-clipc", "folds.json", "ordinary"]
-    for fold in result["folds"]:  # each run's saved config holds its group out
-        assert fold["run_dir"] == str(folds / f"fold-{fold['held_out']}")
-        saved = yaml.safe_load((Path(fold["run_dir"]) / "config.yaml").read_text())
-        assert saved["data"]["spec"]["holdout_group"] == fold["held_out"] and saved["seed"] == 1
-    assert "mean" in proc.stdout and "ordinary val" in proc.stdout and "spread" in proc.stdout
+    for run in runs[:3]:  # each run's saved config holds its group out
+        assert run["run_dir"] == str(folds / f"fold-{run['held_out']}")
+        saved = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
+        assert saved["data"]["spec"]["holdout_group"] == run["held_out"] and saved["seed"] == 1 == run["seed"]
+    for row in ("mean over folds", "spread over folds", "(ordinary val)", "gap (ordinary - fold mean)"):
+        assert row in proc.stdout
 
     again = run_cli_here("folds", str(config), "seed=1", check=True)  # nothing left to train
     assert again.stdout.count("trained before") == 4 and "epoch 1/1" not in again.stdout
-    assert json.loads((folds / "folds.json").read_text())["folds"] == result["folds"]
+    assert json.loads((folds / "folds.json").read_text())["runs"] == runs
     line = error_line(run_cli_here("folds", str(config), "seed=2"))
     assert "fold-clipa: --resume cannot change what the run computes (seed differ" in line
     assert line.endswith("or give these folds another name (name=...)")
@@ -156,7 +159,23 @@ def test_an_interrupted_fold_continues_to_the_result_of_an_uninterrupted_one(tmp
     resumed = run_folds(config, ["clipb"], ordinary=False, log=lines.append)
     assert any("continuing" in line for line in lines) and not any(line.startswith("epoch 1/2") for line in lines)
     whole = run_folds(config.model_copy(update={"name": "whole"}), ["clipb"], ordinary=False, log=lambda _: None)
-    assert resumed.folds[0].final_miou == whole.folds[0].final_miou
-    assert resumed.folds[0].best_miou == whole.folds[0].best_miou
-    a, b = (load_model_dir(run.folds[0].run_dir / "best").model.state_dict() for run in (resumed, whole))
+    assert resumed.runs[0].final_miou == whole.runs[0].final_miou
+    assert resumed.runs[0].best_miou == whole.runs[0].best_miou
+    a, b = (load_model_dir(run.runs[0].run_dir / "best").model.state_dict() for run in (resumed, whole))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_folds_with_seeds_average_each_fold_over_its_seeds(tmp_path):
+    root = grouped_folder(tmp_path / "d")
+    config = tiny_folds_config(tmp_path, root)
+    proc = run_cli_here("folds", str(config), "--groups", "clipa,clipb", "--no-ordinary", "--seeds", "4,5",
+                        "--json", str(tmp_path / "f.json"), check=True)
+    result = json.loads((tmp_path / "f.json").read_text())
+    runs = {(r["held_out"], r["seed"]): r for r in result["runs"]}
+    assert sorted(runs) == [("clipa", 4), ("clipa", 5), ("clipb", 4), ("clipb", 5)]
+    assert runs[("clipb", 5)]["run_dir"].endswith("tiny-folds/fold-clipb-seed5")
+    per_fold = {g: np.mean([runs[(g, 4)]["final_miou"], runs[(g, 5)]["final_miou"]]) for g in ("clipa", "clipb")}
+    assert result["fold_miou"] == pytest.approx(per_fold)
+    assert result["std_miou"] == pytest.approx(np.std(list(per_fold.values()), ddof=1))
+    assert result["ordinary_miou"] is None and "clipa: mean over seeds" in proc.stdout
+    assert "--seeds: expected whole numbers" in error_line(run_cli_here("folds", str(config), "--seeds", "1,x"))

@@ -80,6 +80,8 @@ def folds_command(
                                                                 "every group of train+val)"),
     ordinary: bool = typer.Option(True, "--ordinary/--no-ordinary", help="also train on the ordinary train split "
                                                                           "and score its val split"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: each fold trained once per "
+                                                              "seed, its mIoU the mean (default: the config's seed)"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the table as JSON"),
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg folds did not write it"),
 ) -> None:
@@ -88,32 +90,24 @@ def folds_command(
     spread, and the ordinary val mIoU. mIoU is the last epoch's model (nothing chosen on the
     scored images); the best epoch's is shown beside it. Runs and folds.json go to
     RUNS_DIR/NAME-folds/; run it again to continue an interrupted one."""
+    from edgeseg.errors import ConfigError
     from edgeseg.fileio import atomic_write_json, check_output
-    from edgeseg.training.config import load_train_config
     from edgeseg.layout import FOLDS_JSON
+    from edgeseg.reports import print_folds
+    from edgeseg.training.config import load_train_config
     from edgeseg.training.folds import folds_dir, run_folds
 
     if json_file:
         check_output(json_file, "folds", [config], force, kind="file", flag="--json")
     loaded = load_train_config(config, overrides or [])
     chosen = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
-    result = run_folds(loaded, chosen, ordinary, log=lambda line: out.print(line, markup=False, soft_wrap=True))
-    table = Table(title=f"{config}: leave-one-group-out (groups by '{result.rule}')")
-    for column in ("held out", "train images", "val images", "mIoU %", "best-epoch mIoU %", "run"):
-        table.add_column(column, justify="left" if column in ("held out", "run") else "right")
-    for fold in result.folds:
-        table.add_row(fold.held_out, str(fold.train_images), str(fold.val_images), _pct(fold.final_miou),
-                      _pct(fold.best_miou), str(fold.run_dir))
-    table.add_section()
-    values = [fold.final_miou for fold in result.folds]
-    table.add_row("mean", "", "", _pct(result.mean), "", "")
-    table.add_row("spread", "", "", f"sd {_pct(result.std)}, {_pct(min(values))}-{_pct(max(values))}", "", "")
-    if result.ordinary:
-        o = result.ordinary
-        table.add_row("ordinary val", str(o.train_images), str(o.val_images), _pct(o.final_miou), _pct(o.best_miou),
-                      str(o.run_dir))
-        table.add_row("gap (ordinary - mean)", "", "", _pct(o.final_miou - result.mean), "", "")
-    out.print(table)
+    try:
+        seed_list = [int(v) for v in seeds.split(",") if v.strip()] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds: expected whole numbers separated by commas, got '{seeds}'") from None
+    result = run_folds(loaded, chosen, ordinary, seed_list, log=lambda line: out.print(line, markup=False,
+                                                                                       soft_wrap=True))
+    print_folds(result, f"{config}: leave-one-group-out (groups by '{result.rule}')", out)
     for path in (folds_dir(loaded) / FOLDS_JSON, json_file):
         if path:
             atomic_write_json(path, {"written_by": "folds", **result.as_json()})

@@ -24,6 +24,7 @@ class FoldRun:
     """One training: ``held_out`` is the group scored (None: the ordinary val split)."""
 
     held_out: str | None
+    seed: int
     train_images: int
     val_images: int
     final_miou: float  # the last epoch's model: nothing was chosen on the scored images
@@ -33,29 +34,44 @@ class FoldRun:
 
 @dataclass
 class FoldsResult:
-    folds: list[FoldRun]
-    ordinary: FoldRun | None = None
+    """Every run; with several seeds a fold's mIoU is the mean over its seeds, and the mean
+    and spread are taken over folds (drives), not over runs."""
+
+    runs: list[FoldRun]
     rule: str = ""
     groups: list[str] = field(default_factory=list)
 
+    def fold_miou(self, group: str | None) -> float:
+        """The mean final mIoU of ``group``'s runs (None: the ordinary ones) over their seeds."""
+        return statistics.fmean(r.final_miou for r in self.runs if r.held_out == group)
+
+    @property
+    def has_ordinary(self) -> bool:
+        return any(r.held_out is None for r in self.runs)
+
+    @property
+    def fold_mious(self) -> list[float]:
+        return [self.fold_miou(group) for group in self.groups]
+
     @property
     def mean(self) -> float:
-        return statistics.fmean(f.final_miou for f in self.folds)
+        return statistics.fmean(self.fold_mious)
 
     @property
     def std(self) -> float:
         """Sample standard deviation over the folds (NaN with one fold)."""
-        return statistics.stdev(f.final_miou for f in self.folds) if len(self.folds) > 1 else math.nan
+        return statistics.stdev(self.fold_mious) if len(self.groups) > 1 else math.nan
 
     def as_json(self) -> dict:
-        def run(f: FoldRun) -> dict:
-            return {"held_out": f.held_out, "train_images": f.train_images, "val_images": f.val_images,
-                    "final_miou": f.final_miou, "best_epoch_miou": f.best_miou, "run_dir": str(f.run_dir)}
-        values = [f.final_miou for f in self.folds]
-        return {"group_rule": self.rule, "folds": [run(f) for f in self.folds],
-                "mean_miou": self.mean, "std_miou": None if math.isnan(self.std) else self.std,
-                "min_miou": min(values), "max_miou": max(values),
-                "ordinary": run(self.ordinary) if self.ordinary else None}
+        def run(r: FoldRun) -> dict:
+            return {"held_out": r.held_out, "seed": r.seed, "train_images": r.train_images,
+                    "val_images": r.val_images, "final_miou": r.final_miou, "best_epoch_miou": r.best_miou,
+                    "run_dir": str(r.run_dir)}
+        values = self.fold_mious
+        return {"group_rule": self.rule, "runs": [run(r) for r in self.runs],
+                "fold_miou": dict(zip(self.groups, values)), "mean_miou": self.mean,
+                "std_miou": None if math.isnan(self.std) else self.std, "min_miou": min(values),
+                "max_miou": max(values), "ordinary_miou": self.fold_miou(None) if self.has_ordinary else None}
 
 
 def dataset_config(config: TrainConfig) -> DatasetConfig:
@@ -69,14 +85,18 @@ def folds_dir(config: TrainConfig) -> Path:
     return config.runs_dir / f"{config.name}{FOLDS_SUFFIX}"
 
 
-def fold_config(config: TrainConfig, group: str) -> TrainConfig:
-    """``config`` with ``group`` held out as val (train = the rest of train+val), run as
-    ``fold-<group>`` in the folds folder."""
+def fold_config(config: TrainConfig, group: str | None, seed: int | None = None) -> TrainConfig:
+    """``config`` with ``group`` held out as val (train = the rest of train+val; None: the
+    ordinary splits), with ``seed`` when given, run as ``fold-<group>`` or ``ordinary`` (and
+    ``-seed<N>``) in the folds folder."""
     data = config.model_dump(mode="json")
-    data["name"], data["runs_dir"] = f"{FOLD_PREFIX}{group}", str(folds_dir(config))
-    data["data"]["spec"] = {**dataset_config(config).model_dump(mode="json"), "holdout_group": group}
-    data["data"]["train_split"], data["data"]["val_split"] = "train", "val"
-    return validate(TrainConfig, data, f"fold {group}")
+    name = ORDINARY_RUN if group is None else f"{FOLD_PREFIX}{group}"
+    data["name"] = name if seed is None else f"{name}-seed{seed}"
+    data["runs_dir"], data["seed"] = str(folds_dir(config)), config.seed if seed is None else seed
+    if group is not None:
+        data["data"]["spec"] = {**dataset_config(config).model_dump(mode="json"), "holdout_group": group}
+        data["data"]["train_split"], data["data"]["val_split"] = "train", "val"
+    return validate(TrainConfig, data, f"fold {group or ORDINARY_RUN}")
 
 
 def fold_groups(config: TrainConfig, groups: list[str] | None) -> tuple[str, list[str]]:
@@ -101,28 +121,25 @@ def fold_groups(config: TrainConfig, groups: list[str] | None) -> tuple[str, lis
     return rule, chosen
 
 
-def run_folds(config: TrainConfig, groups: list[str] | None = None, ordinary: bool = True, log=print) -> FoldsResult:
-    """Train ``config`` once per held-out group (and once as it is, when ``ordinary``) and
-    collect each run's mIoU on the images it held out. Each run is an ordinary run directory
-    in ``folds_dir(config)``: ``fold-<group>/`` and ``ordinary/``. Resumable: a run finished
-    before with the same config is read back, an interrupted one continued from its last
-    epoch; one made with another config is a ConfigError."""
+def run_folds(config: TrainConfig, groups: list[str] | None = None, ordinary: bool = True,
+              seeds: list[int] | None = None, log=print) -> FoldsResult:
+    """Train ``config`` once per held-out group (and once as it is, when ``ordinary``), once
+    per seed of ``seeds`` (default: the config's own), and collect each run's mIoU on the
+    images it held out. Each run is an ordinary run directory in ``folds_dir(config)``:
+    ``fold-<group>/`` and ``ordinary/`` (with seeds: ``fold-<group>-seed<N>/``...).
+    Resumable: a run finished before with the same config is read back, an interrupted one
+    continued from its last epoch; one made with another config is a ConfigError."""
     rule, chosen = fold_groups(config, groups)
     result = FoldsResult([], rule=rule, groups=chosen)
-    plan = [(group, fold_config(config, group)) for group in chosen]
-    if ordinary:
-        plan.append((None, config.model_copy(update={"name": ORDINARY_RUN, "runs_dir": folds_dir(config)})))
-    for group, run_config in plan:
-        what = f"group '{group}'" if group else "the ordinary val split"
+    plan = [(group, seed) for group in [*chosen, *([None] if ordinary else [])] for seed in seeds or [None]]
+    for group, seed in plan:
+        run_config = fold_config(config, group, seed)
+        what = (f"group '{group}'" if group else "the ordinary val split") + (f", seed {seed}" if seeds else "")
         source = open_source(run_config.data.spec)
         sizes = len(source.dataset(run_config.data.train_split, check_files=False)), \
             len(source.dataset(run_config.data.val_split, check_files=False))
         final, best, run_dir = _fold_run(run_config, what, log)
-        fold = FoldRun(group, sizes[0], sizes[1], final, best, run_dir)
-        if group is None:
-            result.ordinary = fold
-        else:
-            result.folds.append(fold)
+        result.runs.append(FoldRun(group, run_config.seed, sizes[0], sizes[1], final, best, run_dir))
     return result
 
 
