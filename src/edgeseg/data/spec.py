@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from edgeseg.data.dataset import DatasetSource, SegmentationDataset, Transform
+from edgeseg.data.groups import DEFAULT_RULES, group_rule, hold_out_group
 from edgeseg.errors import ConfigError
 from edgeseg.schema import StrictModel, load_yaml, validate
 
@@ -64,7 +65,7 @@ class DatasetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _holdout_needs_groups(self):
-        if self.holdout_group is not None and self.group_by is None and self.format != "camvid":
+        if self.holdout_group is not None and self.group_by is None and self.format not in DEFAULT_RULES:
             raise ValueError(f"holdout_group: a {self.format} dataset needs group_by (a regex on file names, "
                              f"e.g. '^([^_]+)_') to tell the groups")
         return self
@@ -136,8 +137,6 @@ def open_source(spec: str | DatasetConfig) -> DatasetSource:
     config = parse_spec(spec) if isinstance(spec, str) else spec
     source = OPENERS[config.format](config)
     if hasattr(source, "group_rule"):
-        from edgeseg.data.groups import group_rule
-
         source.group_rule = group_rule(config)
     if config.holdout_group is not None:
         source = _with_held_out_group(source, config)
@@ -147,8 +146,6 @@ def open_source(spec: str | DatasetConfig) -> DatasetSource:
 
 
 def _with_held_out_group(source, config: DatasetConfig):
-    from edgeseg.data.groups import group_rule, hold_out_group
-
     if not hasattr(source, "splits"):
         raise ConfigError(f"holdout_group: a {config.format} dataset has no file names to group")
     rule = group_rule(config)
