@@ -131,6 +131,7 @@ def run_folds(config: TrainConfig, groups: list[str] | None = None, ordinary: bo
     continued from its last epoch; one made with another config is a ConfigError."""
     rule, chosen = fold_groups(config, groups)
     result = FoldsResult([], rule=rule, groups=chosen)
+    seeds = list(dict.fromkeys(seeds)) if seeds else None  # a seed given twice would count its run twice
     plan = [(group, seed) for group in [*chosen, *([None] if ordinary else [])] for seed in seeds or [None]]
     for group, seed in plan:
         run_config = fold_config(config, group, seed)
