@@ -39,12 +39,13 @@ def test_head_loss_is_the_weighted_sum_of_upsampled_heads():
     weights = head_weights(model, {"sub4": 0.25})
     assert weights == {"main": 1.0, "sub24": 0.4, "sub4": 0.25}
     torch.manual_seed(1)
-    loss = multi_head_loss(model, images, labels, criterion, weights)
+    loss, main = multi_head_loss(model, images, labels, criterion, weights)
     heads = model(images, heads=True)
     expected = sum(w * F.cross_entropy(F.interpolate(heads[n], size=(64, 96), mode="bilinear", align_corners=False),
                                        labels, ignore_index=255) for n, w in weights.items())
     torch.testing.assert_close(loss, expected)
-    main_only = multi_head_loss(model, images, labels, criterion, {"main": 1.0, "sub24": 0.0, "sub4": 0.0})
+    torch.testing.assert_close(main, heads["main"])
+    main_only, _ = multi_head_loss(model, images, labels, criterion, {"main": 1.0, "sub24": 0.0, "sub4": 0.0})
     torch.testing.assert_close(main_only, F.cross_entropy(model(images), labels, ignore_index=255))
     with pytest.raises(ConfigError, match="loss.head_weights: 'aux' is no output head of this model .*main, sub24, sub4"):
         head_weights(model, {"aux": 1.0})

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from edgeseg import __version__
 from edgeseg import cli_stages  # noqa: F401  (registers the stage commands)
-from edgeseg.cli_app import DeviceOption, ThreadsOption, WorkersOption, after_warmup, app, data_app, out, set_threads
+from edgeseg.cli_app import (DeviceOption, ThreadsOption, TTAOption, WorkersOption, after_warmup, app, data_app, out,
+                             set_threads, with_tta)
 from edgeseg.errors import EdgesegError
 
 
@@ -69,6 +70,47 @@ def train_command(
     if result.is_main:
         out.print(f"best val mIoU {result.best_miou:.4f}")
         out.print(str(result.run_dir))
+
+
+@app.command("folds")
+def folds_command(
+    config: Path = typer.Argument(..., help="YAML training config"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. epochs=5"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="comma-separated groups to hold out (default: "
+                                                                "every group of train+val)"),
+    ordinary: bool = typer.Option(True, "--ordinary/--no-ordinary", help="also train on the ordinary train split "
+                                                                          "and score its val split"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds: each fold trained once per "
+                                                              "seed, its mIoU the mean (default: the config's seed)"),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="write the table as JSON"),
+    force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg folds did not write it"),
+) -> None:
+    """Leave-one-group-out validation: train CONFIG once per held-out group (CamVid: per
+    sequence; other data: data.spec.group_by) and print each fold's mIoU, their mean and
+    spread, and the ordinary val mIoU. mIoU is the last epoch's model (nothing chosen on the
+    scored images); the best epoch's is shown beside it. Runs and folds.json go to
+    RUNS_DIR/NAME-folds/; run it again to continue an interrupted one."""
+    from edgeseg.errors import ConfigError
+    from edgeseg.fileio import atomic_write_json, check_output
+    from edgeseg.layout import FOLDS_JSON
+    from edgeseg.reports import print_folds
+    from edgeseg.training.config import load_train_config
+    from edgeseg.training.folds import folds_dir, run_folds
+
+    if json_file:
+        check_output(json_file, "folds", [config], force, kind="file", flag="--json")
+    loaded = load_train_config(config, overrides or [])
+    chosen = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+    try:
+        seed_list = [int(v) for v in seeds.split(",") if v.strip()] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds: expected whole numbers separated by commas, got '{seeds}'") from None
+    result = run_folds(loaded, chosen, ordinary, seed_list, log=lambda line: out.print(line, markup=False,
+                                                                                       soft_wrap=True))
+    print_folds(result, f"{config}: leave-one-group-out (groups by '{result.rule}')", out)
+    for path in (folds_dir(loaded) / FOLDS_JSON, json_file):
+        if path:
+            atomic_write_json(path, {"written_by": "folds", **result.as_json()})
 
 
 @app.command("run")
@@ -153,6 +195,7 @@ def eval_command(
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg eval did not write them"),
+    tta: Optional[str] = TTAOption,
 ) -> None:
     """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU,
     confusion matrix: rows ground truth, columns prediction)."""
@@ -165,11 +208,14 @@ def eval_command(
     for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
             check_output(output, "eval", [model], force, kind="file", flag=flag)
-    predictor = load_predictor(model, resolve_device(device))
+    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
     result["data"] = data
-    print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images")
+    if tta:
+        result["tta"] = str(predictor.spec)
+    print_metrics(result, f"{model} on {data} [{split}], {result['num_images']} images"
+                          f"{f', tta {predictor.spec}' if tta else ''}")
     if json_file:
         atomic_write_json(json_file, {"written_by": "eval", **result})
     if plot:
@@ -192,6 +238,7 @@ def predict_command(
     force: bool = typer.Option(False, "--force", help="write into --out even over files edgeseg did not write"),
     threads: Optional[int] = ThreadsOption,
     workers: int = WorkersOption,
+    tta: Optional[str] = TTAOption,
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
@@ -211,7 +258,7 @@ def predict_command(
     files += [f"{'camera' + v if v.isdigit() else Path(v).stem}_overlay.mp4" for v in videos]
     check_files(out_dir, files, "predict", force)
     set_threads(threads)
-    predictor = load_predictor(model, resolve_device(device))
+    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:
@@ -264,10 +311,13 @@ def bench_command(
     force: bool = typer.Option(False, "--force", help="replace --json even if edgeseg bench did not write it"),
     threads: Optional[int] = ThreadsOption,
     workers: int = WorkersOption,
+    tta: Optional[str] = typer.Option(None, "--tta", help="also time each model with this test-time augmentation "
+                                                          "(e.g. flip,0.75,1.25), interleaved with it without"),
 ) -> None:
     """Latency (median, p90) and FPS at batch 1; several models are timed interleaved, so
     their ratios hold on a busy machine. With --images: end-to-end FPS including decoding,
-    pre-processing, argmax and PNG encoding."""
+    pre-processing, argmax and PNG encoding. With --tta: each model also with test-time
+    augmentation, so its cost shows as the ratio of two rows."""
     from edgeseg.benchmark import end_to_end, measure_side_by_side
     from edgeseg.fileio import atomic_write_json, check_output
     from edgeseg.predict.predictors import load_predictor
@@ -278,6 +328,8 @@ def bench_command(
         check_output(json_file, "bench", models, force, kind="file", flag="--json")
     set_threads(threads)
     predictors = {str(path): load_predictor(path, resolve_device(device)) for path in models}
+    if tta:
+        predictors.update({f"{name} +tta": with_tta(predictor, tta) for name, predictor in list(predictors.items())})
     first = next(iter(predictors.values()))
     input_size = tuple(size) if size else tuple(getattr(first, "size", None) or first.config.input_size)
     results = measure_side_by_side(predictors, input_size, runs=runs)
@@ -294,7 +346,7 @@ def bench_command(
     out.print(table)
     if json_file:
         atomic_write_json(json_file, {"written_by": "bench",
-                                      **(results[str(models[0])] if len(models) == 1 else {"models": results})})
+                                      **(results[str(models[0])] if len(predictors) == 1 else {"models": results})})
 
 
 @data_app.command("check")
@@ -305,10 +357,12 @@ def data_check(
     show: int = typer.Option(20, "--show", help="problems listed per split"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw the class shares per split into this PNG"),
     force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg did not write them"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="regex on file names naming each image's group "
+                                                                     "(sequence): count val images sharing one with train"),
 ) -> None:
     """The label doctor: class shares, suggested class weights and every problem found."""
     from edgeseg.data.doctor import check_dataset
-    from edgeseg.data.spec import open_source
+    from edgeseg.data.spec import open_source, with_group_rule
     from edgeseg.fileio import atomic_write_bytes, atomic_write_json, check_output, mark_png
     from edgeseg.reports import doctor_json, print_doctor
 
@@ -316,7 +370,7 @@ def data_check(
     for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
             check_output(output, "data check", [root] if root else [], force, kind="file", flag=flag)
-    report = check_dataset(open_source(spec), split or None)
+    report = check_dataset(open_source(with_group_rule(spec, group_by) if group_by else spec), split or None)
     print_doctor(report, out, show)
     if json_file:
         atomic_write_json(json_file, {"written_by": "data check", **doctor_json(report)})

@@ -25,6 +25,17 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for inf
 WorkersOption = typer.Option(DEFAULT_WORKERS, "--workers", min=0,
                              help="threads that decode, encode and write images while the model runs "
                                   "(0: one step after the other; the outputs are the same)")
+TTAOption = typer.Option(None, "--tta", help="test-time augmentation, off by default: flip and/or scales, e.g. "
+                                             "'flip' or 'flip,0.75,1.25' (softmax averaged; one forward pass per view)")
+
+
+def with_tta(predictor, tta: str | None):
+    """``predictor`` itself, or with ``tta`` its test-time-augmented wrapper."""
+    if not tta:
+        return predictor
+    from edgeseg.predict.tta import TTAPredictor, parse_tta
+
+    return TTAPredictor(predictor, parse_tta(tta))
 
 
 def _print_version(value: bool) -> None:

@@ -17,6 +17,12 @@ LAST_DIR = "last"
 BEST_DIR = "best"
 TRAIN_STATE = "state.json"
 
+# folds directory (edgeseg folds): <runs_dir>/<name>-folds/ holds one run directory per fold
+FOLDS_SUFFIX = "-folds"
+FOLD_PREFIX = "fold-"
+ORDINARY_RUN = "ordinary"
+FOLDS_JSON = "folds.json"
+
 # pipeline directory (edgeseg run)
 RECIPE_FILE = "recipe.yaml"
 STAGES_DIR = "stages"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.table import Table
 
@@ -39,6 +41,8 @@ def print_doctor(report: DoctorReport, console: Console, show: int = 20) -> None
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if report.groups is not None:
+        console.print(f"groups: {report.groups.sentence()}", markup=False, soft_wrap=True)
     for split in report.splits:
         for warning in split.warnings:
             console.print(f"warning: {warning}", markup=False, soft_wrap=True)
@@ -68,7 +72,12 @@ def doctor_json(report: DoctorReport) -> dict:
             "problems": split.problems,
             "warnings": split.warnings,
         }
-    return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes, "splits": splits}
+    groups = None if report.groups is None else {
+        "rule": report.groups.rule, "val_images": report.groups.val_images,
+        "val_images_sharing_a_group_with_train": report.groups.shared_images,
+        "shared_groups": {g: {"train": t, "val": v} for g, (t, v) in report.groups.shared_groups.items()}}
+    return {"spec": report.spec, "clean": report.clean, "classes": names, "notes": report.notes,
+            "groups": groups, "splits": splits}
 
 
 def print_profile(profile, config, console: Console) -> None:
@@ -110,3 +119,30 @@ def print_onnx_profile(profile, console: Console) -> None:
     shown = {k: v for k, v in profile.metadata.items() if k != "edgeseg_config"}
     for key, value in shown.items():
         console.print(f"{key}: {value if len(value) < 200 else value[:197] + '...'}", soft_wrap=True)
+
+
+def print_folds(result, title: str, console: Console) -> None:
+    """One row per fold run, then (with several seeds) each fold's mean, the mean and spread
+    over folds, the ordinary val mIoU and its gap to the fold mean."""
+    def pct(value: float) -> str:
+        return "-" if math.isnan(value) else f"{100 * value:.2f}"
+
+    table = Table(title=title, caption="mIoU: the last epoch's model; best-epoch: chosen on the scored images")
+    for column in ("held out", "seed", "train images", "val images", "mIoU %", "best-epoch mIoU %", "run"):
+        table.add_column(column, justify="left" if column in ("held out", "run") else "right")
+    for run in result.runs:
+        table.add_row(run.held_out or "(ordinary val)", str(run.seed), str(run.train_images), str(run.val_images),
+                      pct(run.final_miou), pct(run.best_miou), str(run.run_dir))
+    table.add_section()
+    if len(result.runs) > len(result.groups) + result.has_ordinary:
+        for group, value in zip(result.groups, result.fold_mious):
+            table.add_row(f"{group}: mean over seeds", "", "", "", pct(value), "", "")
+    values = result.fold_mious
+    table.add_row("mean over folds", "", "", "", pct(result.mean), "", "")
+    table.add_row("spread over folds", "", "", "", f"sd {pct(result.std)}, {pct(min(values))}-{pct(max(values))}",
+                  "", "")
+    if result.has_ordinary:
+        ordinary = result.fold_miou(None)
+        table.add_row("ordinary val", "", "", "", pct(ordinary), "", "")
+        table.add_row("gap (ordinary - fold mean)", "", "", "", pct(ordinary - result.mean), "", "")
+    console.print(table)

@@ -127,6 +127,7 @@ class FileSource:
     splits: dict[str, list[Sample]]
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    group_rule: str | None = None  # regex naming a sample's group (edgeseg.data.groups)
 
     def split_names(self) -> list[str]:
         return list(self.splits)

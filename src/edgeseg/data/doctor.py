@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeseg.data.dataset import FileDataset, Sample, SegmentationDataset
+from edgeseg.data.groups import GroupOverlap, group_overlap
 from edgeseg.data.imageio import INVALID, lossy_label_problem, open_image, read_label_raw
 from edgeseg.errors import DataError
 from edgeseg.runtime import track
@@ -45,6 +46,7 @@ class DoctorReport:
     ignore_name: str
     splits: list[SplitReport]
     notes: list[str]
+    groups: GroupOverlap | None = None
 
     @property
     def clean(self) -> bool:
@@ -155,7 +157,17 @@ def check_dataset(source, splits: list[str] | None = None) -> DoctorReport:
         reports[0].problems[:0] = problems_before
     classes = source.classes
     return DoctorReport(source.spec, classes.names, classes.ignore_index, classes.ignore_name, reports,
-                        list(getattr(source, "notes", [])))
+                        list(getattr(source, "notes", [])), train_val_overlap(source))
+
+
+def train_val_overlap(source) -> GroupOverlap | None:
+    """How many val images share a group (sequence) with train images, for a source whose
+    samples have groups (``group_by``, or the format's own rule) and both splits."""
+    rule = getattr(source, "group_rule", None)
+    splits = getattr(source, "splits", {})
+    if rule is None or "train" not in splits or "val" not in splits:
+        return None
+    return group_overlap(splits["train"], splits["val"], rule)
 
 
 def class_weights(report: SplitReport, num_classes: int) -> dict[str, list[float | None]]:

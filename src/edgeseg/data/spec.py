@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import difflib
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from edgeseg.data.dataset import DatasetSource, SegmentationDataset, Transform
+from edgeseg.data.groups import DEFAULT_RULES, group_rule, hold_out_group
 from edgeseg.errors import ConfigError
 from edgeseg.schema import StrictModel, load_yaml, validate
 
@@ -42,6 +45,30 @@ class DatasetConfig(StrictModel):
     height: int = Field(240, ge=32)
     width: int = Field(320, ge=32)
     seed: int = 0
+    group_by: str | None = Field(
+        None, description="regex on file names whose first capture group (or whole match) names a sample's group "
+                          "(video sequence, site); camvid groups by sequence without it")
+    holdout_group: str | None = Field(
+        None, validation_alias=AliasChoices("holdout_group", "holdout_sequence"),
+        description="train+val pooled, this group becomes val and the rest train (leave-one-group-out); "
+                    "holdout_sequence is the same key")
+
+    @field_validator("group_by")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a regular expression ({err})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _holdout_needs_groups(self):
+        if self.holdout_group is not None and self.group_by is None and self.format not in DEFAULT_RULES:
+            raise ValueError(f"holdout_group: a {self.format} dataset needs group_by (a regex on file names, "
+                             f"e.g. '^([^_]+)_') to tell the groups")
+        return self
 
     @field_validator("void_values")
     @classmethod
@@ -98,15 +125,34 @@ def parse_spec(spec: str) -> DatasetConfig:
                       f"synthetic[:N] or a dataset .yaml file")
 
 
+def with_group_rule(spec: str, group_by: str) -> DatasetConfig:
+    """``spec`` parsed, with ``group_by`` set (validated)."""
+    return validate(DatasetConfig, {**parse_spec(spec).model_dump(), "group_by": group_by}, "--group-by")
+
+
 def open_source(spec: str | DatasetConfig) -> DatasetSource:
     """Discover the dataset a spec names (its classes and splits); reads no pixels yet."""
     from edgeseg.data.formats import OPENERS
 
     config = parse_spec(spec) if isinstance(spec, str) else spec
     source = OPENERS[config.format](config)
+    if hasattr(source, "group_rule"):
+        source.group_rule = group_rule(config)
+    if config.holdout_group is not None:
+        source = _with_held_out_group(source, config)
     if isinstance(spec, str):
         source.spec = spec
     return source
+
+
+def _with_held_out_group(source, config: DatasetConfig):
+    if not hasattr(source, "splits"):
+        raise ConfigError(f"holdout_group: a {config.format} dataset has no file names to group")
+    rule = group_rule(config)
+    splits = hold_out_group(source.splits, rule, config.holdout_group, source.spec)
+    note = (f"val is group '{config.holdout_group}' ({len(splits['val'])} images, groups by '{rule}'); "
+            f"train is the rest of train+val ({len(splits['train'])} images)")
+    return replace(source, splits=splits, notes=[n for n in source.notes if not n.startswith("no val split")] + [note])
 
 
 def open_dataset(spec: str | DatasetConfig, split: str, transform: Transform | None = None,

@@ -66,6 +66,15 @@ class LossSection(StrictModel):
         return value
 
 
+class DistillSection(StrictModel):
+    """Knowledge distillation: the student also matches a frozen teacher's softened
+    per-pixel class distribution (KL divergence, Hinton et al.)."""
+
+    teacher: str = Field(description="a model directory with the same classes (run in eval mode, never trained)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of both; the KL term is scaled by T^2")
+    weight: float = Field(1.0, ge=0, description="loss = cross-entropy + weight x T^2 x KL over labelled pixels")
+
+
 class DataSection(StrictModel):
     spec: str | DatasetConfig = Field("synthetic", description="a dataset spec string or a dataset mapping")
     train_split: str = "train"
@@ -95,6 +104,8 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
     clip_grad_norm: float | None = Field(None, gt=0)
+    distill: DistillSection | None = Field(None, description="learn from a teacher model too: {teacher: MODEL_DIR, "
+                                                                   "temperature: T, weight: w}")
     weight_average: float | None = Field(
         None, gt=0, lt=1, description="evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)")
     seed: int = 0
@@ -191,9 +202,10 @@ RESUME_FREE_KEYS = ("name", "runs_dir", "device", "tensorboard", "log_every", "d
 RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
 
 
-def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """The config that continues ``run_dir``: ``path`` (default: the run's config.yaml) with
-    ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
+def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] = (),
+                  requested: TrainConfig | None = None) -> TrainConfig:
+    """The config that continues ``run_dir``: ``requested``, or ``path`` (default: the run's
+    config.yaml) with ``overrides``, compared with the run's config.yaml. Only keys that cannot change what the run computes may differ
     (``RESUME_FREE_KEYS``; after a divergence stop also the lr, schedule and gradient
     clipping); anything else is a ConfigError naming the keys. Changes are appended to
     ``history`` with the epoch they start from."""
@@ -205,7 +217,8 @@ def resume_config(run_dir: Path, path: str | Path | None, overrides: list[str] =
     if not saved_file.is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no config.yaml)")
     saved = load_train_config(saved_file)
-    requested = load_train_config(path if path is not None else saved_file, overrides)
+    if requested is None:
+        requested = load_train_config(path if path is not None else saved_file, overrides)
     old, new = _flat(saved.model_dump(mode="json")), _flat(requested.model_dump(mode="json"))
     changed = [k for k in sorted(set(old) | set(new)) if k != "history" and old.get(k) != new.get(k)]
     diverged = bool(saved.history) and "diverged" in saved.history[-1]

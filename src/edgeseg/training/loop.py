@@ -36,6 +36,7 @@ from edgeseg.training import distributed
 from edgeseg.training.checkpoint import (has_resumable_state, load_training_state, recover_run_dir,
                                      save_training_state)
 from edgeseg.training.config import TrainConfig
+from edgeseg.training.distill import Distiller
 from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
 from edgeseg.training.pretrained import describe_unmatched, load_pretrained
 from edgeseg.training.schedules import lr_factor
@@ -294,6 +295,8 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     heads = head_weights(model, config.loss.head_weights)
     if len(heads) > 1:
         log("loss: " + " + ".join(f"{weight:g} x {name}" for name, weight in heads.items()))
+    distiller = (Distiller(config.distill, classes, config.data.mean, config.data.std, device)
+                 if config.distill else None)
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
     if resume_dir is None:
@@ -351,8 +354,13 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             with autocast():
-                loss = (multi_head_loss(net, images, labels, criterion, heads) if len(heads) > 1
-                        else criterion(net(images), labels))
+                if len(heads) > 1:
+                    loss, logits = multi_head_loss(net, images, labels, criterion, heads)
+                else:
+                    logits = net(images)
+                    loss = criterion(logits, labels)
+                if distiller is not None:
+                    loss = loss + distiller(images, logits, labels)
             loss_value = float(loss.detach())
             # every rank must stop at the same step, or the others wait in all-reduce for ever
             if distributed.sum_across(process, float(not math.isfinite(loss_value)))[0]:

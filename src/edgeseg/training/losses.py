@@ -60,10 +60,11 @@ def head_weights(model: torch.nn.Module, chosen: dict[str, float] | None) -> dic
 
 
 def multi_head_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion,
-                    weights: dict[str, float]) -> torch.Tensor:
-    """The weighted sum of ``criterion`` over the heads of ``net(images, heads=True)``; a head
-    coarser than the labels is upsampled (bilinear) to them first. Heads of weight 0 still
-    join the sum (times 0) so that every parameter takes part in the step, as DDP requires."""
+                    weights: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sum of ``criterion`` over the heads of ``net(images, heads=True)``, and the
+    main head's logits; a head coarser than the labels is upsampled (bilinear) to them first.
+    Heads of weight 0 still join the sum (times 0) so that every parameter takes part in the
+    step, as DDP requires."""
     outputs = net(images, heads=True)
     total = None
     for name, logits in outputs.items():
@@ -71,4 +72,4 @@ def multi_head_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Te
             logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         term = weights[name] * criterion(logits, labels)
         total = term if total is None else total + term
-    return total
+    return total, outputs["main"]
