@@ -216,26 +216,26 @@ def bilinear_ramp(size: int) -> torch.Tensor:
     "bilinear" filler): a triangle of half-width ceil(size / 2) centred on the taps."""
     factor = (size + 1) // 2
     centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    return 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
+    return 1 - (torch.arange(size, dtype=torch.float64) - centre).abs() / factor
 
 
-def bilinear_kernel(size: int | tuple[int, int]) -> torch.Tensor:
+def bilinear_kernel(size: int | tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (kh, kw) bilinear interpolation kernel used by caffe's fixed deconvolutions."""
     kh, kw = (size, size) if isinstance(size, int) else size
-    return bilinear_ramp(kh)[:, None] * bilinear_ramp(kw)[None, :]
+    return (bilinear_ramp(kh)[:, None] * bilinear_ramp(kw)[None, :]).to(dtype)
 
 
 def bilinear_weight(in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                    groups: int = 1) -> torch.Tensor:
+                    groups: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A transposed conv weight, shape (in, out / groups, kh, kw), that upsamples each channel
     on its own by bilinear interpolation: output channel c reads input channel c only.
     Needs in_channels == out_channels (one channel per group, or a dense diagonal)."""
     if in_channels != out_channels or in_channels % groups:
         raise ValueError(f"bilinear upsampling maps each channel to itself: {in_channels} in, {out_channels} out, "
                          f"{groups} groups")
-    kernel = bilinear_kernel(kernel_size)
+    kernel = bilinear_kernel(kernel_size, dtype)
     per_group = out_channels // groups
-    weight = torch.zeros(in_channels, per_group, *kernel.shape)
+    weight = torch.zeros(in_channels, per_group, *kernel.shape, dtype=dtype)
     channels = torch.arange(in_channels)
     weight[channels, channels % per_group] = kernel
     return weight
@@ -248,7 +248,8 @@ def init_bilinear_(deconv: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
     linearly interpolated at (z - (k - 1) / 2 + padding) / s (``alignment.coordinate_map``);
     with kernel 2s and padding s / 2 that is F.interpolate's bilinear resize (align_corners
     False)."""
-    deconv.weight.copy_(bilinear_weight(deconv.in_channels, deconv.out_channels, deconv.kernel_size, deconv.groups))
+    deconv.weight.copy_(bilinear_weight(deconv.in_channels, deconv.out_channels, deconv.kernel_size, deconv.groups,
+                                        deconv.weight.dtype))
     if deconv.bias is not None:
         deconv.bias.zero_()
     return deconv
