@@ -23,6 +23,7 @@ from edgeseg.models import create_model, load_model_dir
 from edgeseg.models.alignment import coordinate_map, crop_offset
 from edgeseg.models.blocks import FixedBilinearDeconv, init_bilinear_
 from edgeseg.models.surgery import convolutionalize
+from edgeseg.predict.predictors import TorchPredictor
 
 torchvision = pytest.importorskip("torchvision")
 TINY = {"width": 1 / 16}
@@ -217,6 +218,10 @@ def test_surgery_command_writes_a_model_dir_from_safetensors_and_pth(tmp_path):
     config = json.loads((tmp_path / "fcn-pth" / "config.json").read_text())
     assert config["architecture"] == "fcn_alexnet" and config["num_classes"] == 21
     assert np.allclose(np.array(config["mean"]) * 255, 116) and np.allclose(np.array(config["std"]) * 255, 1)
+    predictor = TorchPredictor.from_dir(tmp_path / "fcn-pth", torch.device("cpu"))
+    pixels = torch.tensor([0, 116, 255], dtype=torch.uint8).view(1, 1, 3).expand(3, 1, 3)
+    torch.testing.assert_close(predictor.normalize.image(pixels)[0, 0], torch.tensor([-116.0, 0.0, 139.0]),
+                               rtol=0, atol=1e-4)  # what predict and export feed the model: pixel - 116
     assert config["arguments"] == {"width": 0.0625}
     assert torch.equal(loaded.model.fc6.conv.weight, state["classifier.1.weight"].view(256, 16, 6, 6))
     assert torch.equal(loaded.model.conv2.conv.bias, state["features.3.bias"])
