@@ -281,12 +281,23 @@ def test_voc_archive_prepares_and_fcn_alexnet_trains_on_it(tmp_path):
     proc = run_cli("train", f"data.spec=folder:{out}", "model.name=fcn_alexnet", "model.args.width=0.0625",
                    "augment.crop=null", "batch_size=1", "epochs=2", "data.num_workers=0", "tensorboard=false",
                    f"runs_dir={tmp_path / 'runs'}", "name=fcn", check=True)
-    run_dir = next((tmp_path / "runs").iterdir())
+    run_dir = tmp_path / "runs" / "fcn"
     config = json.loads((run_dir / "best" / "config.json").read_text())
     assert config["architecture"] == "fcn_alexnet" and config["num_classes"] == 21
     assert np.allclose(np.array(config["mean"]) * 255, 116)  # the architecture's own input shift
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "best val mIoU" in proc.stdout
+
+    # DIGITS' workflow: convolutionalize an (here narrow, random) AlexNet, then train from it
+    save_file(narrow_alexnet_state(), str(tmp_path / "alexnet.safetensors"))
+    run_cli("surgery", "convolutionalize", str(tmp_path / "alexnet.safetensors"), "--out", str(tmp_path / "fcn"),
+            "--classes", "voc", check=True)
+    run_cli("train", f"data.spec=folder:{out}", f"model.init_from={tmp_path / 'fcn'}", "augment.crop=null",
+            "batch_size=1", "epochs=1", "data.num_workers=0", "tensorboard=false", f"runs_dir={tmp_path / 'runs'}",
+            "name=from-surgery", check=True)
+    config = json.loads((tmp_path / "runs" / "from-surgery" / "best" / "config.json").read_text())
+    assert [entry["stage"] for entry in config["history"]] == ["convolutionalize", "train"]
+    assert np.allclose(np.array(config["mean"]) * 255, 116)  # the starting model directory's
 
 
 def test_voc_preparation_refuses_bad_archives(tmp_path):
