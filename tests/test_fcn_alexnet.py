@@ -229,7 +229,7 @@ def test_surgery_command_writes_a_model_dir_from_safetensors_and_pth(tmp_path):
 
     again = run_cli("surgery", "convolutionalize", str(tmp_path / "alexnet.pth"), "--out", str(tmp_path / "x"),
                     "--classes", "nope")
-    assert "--classes: 'nope' is neither" in error_line(again)
+    assert "classes: 'nope' is neither voc, camvid, cityscapes" in error_line(again)
     save_file({"features.0.weight": state["features.0.weight"]}, str(tmp_path / "partial.safetensors"))
     bad = run_cli("surgery", "convolutionalize", str(tmp_path / "partial.safetensors"), "--out",
                   str(tmp_path / "y"), "--classes", "voc")

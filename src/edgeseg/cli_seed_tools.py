@@ -14,23 +14,6 @@ from edgeseg.errors import ConfigError
 surgery_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                           rich_markup_mode=None, help="Net surgery: turn a classifier's weights into a model directory.")
 app.add_typer(surgery_app, name="surgery")
-NAMED_CLASSES = ("voc", "camvid", "cityscapes")
-
-
-def class_info(value: str):
-    """A known class set by name, or a class-labels file (line i names class i, DIGITS)."""
-    from edgeseg.data.classes import CAMVID, CITYSCAPES, VOC, generic_classes
-    from edgeseg.data.formats.common import read_class_names
-
-    named = {"voc": VOC, "camvid": CAMVID, "cityscapes": CITYSCAPES}
-    if value in named:
-        return named[value]
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigError(f"--classes: '{value}' is neither {', '.join(NAMED_CLASSES)} nor a class-labels file")
-    return generic_classes(0, read_class_names(path))
-
-
 @data_app.command("prepare")
 def data_prepare(
     kind: str = typer.Argument(..., help="archive kind (voc: VOCtrainval_11-May-2012.tar)"),
@@ -61,14 +44,17 @@ def convolutionalize_command(
     force: bool = ForceOption,
 ) -> None:
     """fc6 -> 6x6 conv, fc7 -> 1x1 conv, fc8 dropped: an fcn_alexnet model directory to train
-    with model.init_from (DIGITS' net_surgery.py). Downloads nothing unless given a URL."""
+    with model.init_from (DIGITS' net_surgery.py); the pipeline's 'convolutionalize' stage.
+    Downloads nothing unless given a URL."""
     from edgeseg.fileio import check_output, mark_output
-    from edgeseg.models.surgery import convolutionalize_to_dir
+    from edgeseg.pipeline.stages import STAGES, StageContext, run_stage
+    from edgeseg.schema import validate
 
-    info = class_info(classes)
+    spec = validate(STAGES["convolutionalize"].spec, {"weights": weights, "classes": classes}, "surgery options")
     local = [] if weights.startswith(("http://", "https://")) else [weights]
     check_output(out_dir, "surgery", local, force, kind="dir")
-    stage = convolutionalize_to_dir(weights, info, out_dir)
+    context = StageContext(work_dir=out_dir.with_name(out_dir.name + ".work"),
+                           log=lambda line: out.print(line, markup=False, soft_wrap=True))
+    run_stage(spec, None, out_dir, context)
     mark_output(out_dir, "surgery")
-    out.print(f"copied {', '.join(stage['copied'])}; dropped {', '.join(stage['dropped']) or 'nothing'}")
     out.print(f"wrote {out_dir}")

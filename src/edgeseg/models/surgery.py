@@ -17,8 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from edgeseg.data.classes import ClassInfo
-from edgeseg.errors import ModelError
+from edgeseg.data.classes import CAMVID, CITYSCAPES, VOC, ClassInfo, generic_classes
+from edgeseg.data.formats.common import read_class_names
+from edgeseg.errors import ConfigError, ModelError
 from edgeseg.models.model_dir import model_config_for, save_model_dir
 from edgeseg.models.zoo import create_model
 
@@ -27,6 +28,18 @@ ALEXNET_LAYERS = {"conv1": "features.0", "conv2": "features.3", "conv3": "featur
                   "conv5": "features.10", "fc6": "classifier.1", "fc7": "classifier.4"}
 DROPPED = ("classifier.6",)  # fc8: ImageNet's 1000 classes
 ALEXNET_WIDTH = 64  # conv1's filters at width 1.0
+
+
+def surgery_classes(value: str) -> ClassInfo:
+    """A known class set by name (voc, camvid, cityscapes) or a class-labels file (line i names
+    class i, DIGITS)."""
+    named = {"voc": VOC, "camvid": CAMVID, "cityscapes": CITYSCAPES}
+    if value in named:
+        return named[value]
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"classes: '{value}' is neither {', '.join(named)} nor a class-labels file")
+    return generic_classes(0, read_class_names(path))
 
 
 def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
