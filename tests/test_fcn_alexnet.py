@@ -317,3 +317,25 @@ def test_voc_preparation_refuses_bad_archives(tmp_path):
     (tmp_path / "keep" / "mine.txt").write_text("mine")
     proc = run_cli("data", "prepare", "voc", str(evil), str(tmp_path / "keep"))
     assert "keep" in error_line(proc) and (tmp_path / "keep" / "mine.txt").read_text() == "mine"
+
+
+def test_a_recipe_convolutionalizes_trains_and_exports_fcn_alexnet(tmp_path):
+    import yaml
+
+    archive = voc_tar(tmp_path / "voc.tar", {"train": ["a1", "a2"], "val": ["b1"]})
+    run_cli("data", "prepare", "voc", str(archive), str(tmp_path / "voc"), check=True)
+    save_file(narrow_alexnet_state(), str(tmp_path / "alexnet.safetensors"))
+    recipe = {
+        "name": "digits", "out_dir": str(tmp_path / "pipeline"), "report": {"latency_runs": 1},
+        "train": {"data": {"spec": f"folder:{tmp_path / 'voc'}", "num_workers": 0}, "augment": {"crop": None},
+                  "batch_size": 1, "epochs": 1, "tensorboard": False},
+        "stages": {"surgery": {"stage": "convolutionalize", "weights": str(tmp_path / "alexnet.safetensors")},
+                   "train": {}, "export": {"check_images": 1}},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run_cli("run", str(tmp_path / "recipe.yaml"), check=True)
+    report = json.loads((tmp_path / "pipeline" / "report.json").read_text())
+    assert [row["kind"] for row in report["stages"]] == ["convolutionalize", "train", "export"]
+    trained = load_model_dir(tmp_path / "pipeline" / "stages" / "02-train" / "model")
+    assert trained.config.architecture == "fcn_alexnet" and trained.config.classes == list(VOC.names)
+    assert [entry.stage for entry in trained.config.history] == ["convolutionalize", "train"]
