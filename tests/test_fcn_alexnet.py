@@ -6,7 +6,6 @@ import io
 import json
 import random
 import tarfile
-from fractions import Fraction
 
 import numpy as np
 import pytest

@@ -12,14 +12,17 @@ from edgeseg.cli_app import ForceOption, app, data_app, out
 from edgeseg.errors import ConfigError
 
 surgery_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
-                          rich_markup_mode=None, help="Net surgery: turn a classifier's weights into a model directory.")
+                          rich_markup_mode=None,
+                          help="Net surgery: turn a classifier's weights into a model directory.")
 app.add_typer(surgery_app, name="surgery")
+
+
 @data_app.command("prepare")
 def data_prepare(
     kind: str = typer.Argument(..., help="archive kind (voc: VOCtrainval_11-May-2012.tar)"),
     archive: Path = typer.Argument(..., help="the downloaded archive"),
     out_dir: Path = typer.Argument(..., help="folder to write train/ and val/ (images/, labels/) and classes.txt into"),
-    force: bool = ForceOption,
+    force: bool = typer.Option(False, "--force", help="replace OUT even if edgeseg did not write it"),
 ) -> None:
     """Unpack a dataset archive into DIGITS' folder layout (read it as folder:OUT); the archive's
     MD5 is checked when its name is a published one's."""
