@@ -10,12 +10,13 @@ from edgeseg.data.classes import CAMVID
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.blocks import ConvBNAct
 from edgeseg.models.profile import zero_weight_count
+from edgeseg.models.zoo import tiny_variant_args
 
 
 def trained_looking(name: str, seed: int = 0) -> torch.nn.Module:
     """A model whose BNs hold non-trivial statistics and whose convs hold some exact zeros."""
     torch.manual_seed(seed)
-    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes).eval())
+    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes, **tiny_variant_args(name)).eval())
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -31,10 +32,12 @@ def test_folding_is_exact_keeps_zeros_and_leaves_no_batchnorm(name):
     with torch.no_grad():
         before = model(x)
     zeros = zero_weight_count(model)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     result = fold_batchnorm(model)
     with torch.no_grad():
         after = model(x)
-    assert result.folded_into_conv > 0
+    assert result.folded_into_conv + result.made_affine == batchnorms  # every one, or none in a net without BN
+    assert result.folded_into_conv > 0 or batchnorms == 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert (after - before).abs().max() <= 1e-5 * max(1.0, before.abs().max())
     assert zero_weight_count(model) >= zeros

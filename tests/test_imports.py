@@ -22,7 +22,7 @@ LAYERS = [
     ["edgeseg.training"],
     ["edgeseg.export"],
     ["edgeseg.pipeline"],
-    ["edgeseg.cli", "edgeseg.cli_app", "edgeseg.cli_options", "edgeseg.cli_stages", "edgeseg.__main__", "edgeseg.demo", "edgeseg.reports", "edgeseg.init_config", "edgeseg.api",
+    ["edgeseg.cli", "edgeseg.cli_app", "edgeseg.cli_options", "edgeseg.cli_stages", "edgeseg.cli_seed_tools", "edgeseg.__main__", "edgeseg.demo", "edgeseg.reports", "edgeseg.init_config", "edgeseg.api",
      "edgeseg.serve"],
 ]
 

@@ -11,11 +11,12 @@ from edgeseg.data.classes import CAMVID
 from edgeseg.errors import ModelError
 from edgeseg.models import create_model, list_models, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.blocks import ConvBNAct, Upsample
+from edgeseg.models.zoo import tiny_variant_args
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_forward_backward_and_shape(name):
-    model = create_model(name, num_classes=5)
+    model = create_model(name, num_classes=5, **tiny_variant_args(name))
     stride = model.output_stride
     x = torch.randn(2, 3, 2 * stride, 3 * stride, requires_grad=True)
     out = model(x)
@@ -29,7 +30,7 @@ def test_every_model_forward_backward_and_shape(name):
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_round_trips_through_a_model_dir(name, tmp_path):
     torch.manual_seed(0)
-    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes).eval())
+    model = randomize_batchnorm(create_model(name, num_classes=CAMVID.num_classes, **tiny_variant_args(name)).eval())
     size = 2 * model.output_stride
     path = save_model_dir(model, model_config_for(model, CAMVID, (size, size)), tmp_path / "m")
     config = json.loads((path / "config.json").read_text())

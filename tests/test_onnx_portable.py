@@ -25,6 +25,7 @@ from edgeseg.models import create_model, list_models, model_config_for, save_mod
 from edgeseg.models.blocks import AdaptiveAvgPool, averaging_matrix
 
 TINY = {"basic_encdec": {"width": 8}, "dabnet": {"width": 0.25, "blocks": (1, 2)}, "edanet": {"width": 0.25},
+        "fcn_alexnet": {"width": 0.0625},
         "jacintonet11_seg": {"width": 0.25}, "lmsegnet_v1": {"width": 0.25},
         "swiftnet": {"width": 0.125, "decoder": 16}}
 SIZE = (64, 96)

@@ -24,6 +24,7 @@ from edgeseg.pipeline import load_recipe, run_pipeline
 from test_pipeline import TINY_RECIPE, write_recipe
 
 TINY_ARGS = {"basic_encdec": {"width": 8}, "dabnet": {"width": 0.25, "blocks": [1, 2]}, "edanet": {"width": 0.2},
+             "fcn_alexnet": {"width": 0.0625}, "icnet": {"filter_scale": 0.125}, "pspnet": {"width": 0.125},
              "jacintonet11_seg": {"width": 0.25}, "lmsegnet_v1": {"width": 0.25},
              "swiftnet": {"width": 0.125, "decoder": 16}}
 CLASSES = ClassInfo(("a", "b", "c"), ((0, 0, 0), (90, 90, 90), (200, 200, 200)), 255)

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from edgeseg import __version__
-from edgeseg import cli_stages  # noqa: F401  (registers the stage commands)
+from edgeseg import cli_seed_tools, cli_stages  # noqa: F401  (register the stage and seed-tool commands)
 from edgeseg.cli_app import (DeviceOption, ThreadsOption, TTAOption, WorkersOption, after_warmup, app, data_app, out,
                              set_threads, with_tta)
 from edgeseg.errors import EdgesegError

@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   context_settings=HELP_OPTIONS, rich_markup_mode=None,
                   help="Train, compress, export and run small fast segmentation models.")
 data_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS, rich_markup_mode=None,
-                       help="Dataset tools: the label doctor and list files.")
+                       help="Dataset tools: the label doctor, list files and archive preparation.")
 app.add_typer(data_app, name="data")
 # markup off: our messages hold paths and "[val]"-like text that rich would take for tags
 out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 160)

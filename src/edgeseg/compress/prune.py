@@ -337,7 +337,7 @@ def _sliced_per_channel(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     if keep.all():
         return module
     if isinstance(module, FixedBilinearDeconv):
-        return FixedBilinearDeconv(int(keep.sum())).to(module.weight.device)
+        return module.with_channels(int(keep.sum()))
     if isinstance(module, nn.PReLU) and module.num_parameters == 1:
         return module
     if isinstance(module, (nn.BatchNorm2d, nn.PReLU, ChannelAffine)):

@@ -21,19 +21,22 @@ ACTIVATIONS = {
 
 
 class ConvBNAct(nn.Module):
-    """conv -> batch norm -> activation, 'same' padding for odd (possibly rectangular) kernels.
+    """conv -> batch norm -> activation, 'same' padding for odd (possibly rectangular) kernels
+    unless ``padding`` is given.
 
-    ``bn=False`` gives the conv a bias instead (as after BN folding); ``act='none'`` leaves
-    the output linear (a classifier).
+    ``bn=False`` gives the conv a bias instead (as after BN folding, or in a net without BN
+    such as AlexNet); ``act='none'`` leaves the output linear (a classifier).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
-                 stride: int = 1, dilation: int = 1, groups: int = 1, bn: bool = True, act: str = "relu") -> None:
+                 stride: int = 1, dilation: int = 1, groups: int = 1, bn: bool = True, act: str = "relu",
+                 padding: int | None = None) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{act}' (valid: {', '.join(ACTIVATIONS)})")
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+        if padding is None:
+            padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=not bn)
         self.bn = nn.BatchNorm2d(out_channels) if bn else nn.Identity()
         self.act = ACTIVATIONS[act](out_channels)
@@ -198,6 +201,9 @@ class SegmentationModel(nn.Module):
     head_weights: dict[str, float] = {"main": 1.0}
     auxiliary_modules: tuple[str, ...] = ()  # the modules only the auxiliary heads use
     auxiliary_dropped = False
+    # (mean, std) the architecture's inputs are normalised with, (x / 255 - mean) / std, when
+    # it fixes its own (FCN-AlexNet: x - 116); None: the training config's (ImageNet's)
+    input_normalization: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
 
     def check_input(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
@@ -228,24 +234,78 @@ class SegmentationModel(nn.Module):
         self.auxiliary_dropped = True
 
 
-def bilinear_kernel(size: int) -> torch.Tensor:
-    """The (size, size) bilinear interpolation kernel used by caffe's fixed deconvolutions."""
+def bilinear_ramp(size: int) -> torch.Tensor:
+    """The 1-D bilinear interpolation kernel of a ``size``-tap transposed conv (caffe's
+    "bilinear" filler): a triangle of half-width ceil(size / 2) centred on the taps."""
     factor = (size + 1) // 2
     centre = factor - 1 if size % 2 == 1 else factor - 0.5
-    ramp = 1 - (torch.arange(size, dtype=torch.float32) - centre).abs() / factor
-    return ramp[:, None] * ramp[None, :]
+    return 1 - (torch.arange(size, dtype=torch.float64) - centre).abs() / factor
+
+
+def bilinear_kernel(size: int | tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (kh, kw) bilinear interpolation kernel used by caffe's fixed deconvolutions."""
+    kh, kw = (size, size) if isinstance(size, int) else size
+    return (bilinear_ramp(kh)[:, None] * bilinear_ramp(kw)[None, :]).to(dtype)
+
+
+def bilinear_weight(in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                    groups: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A transposed conv weight, shape (in, out / groups, kh, kw), that upsamples each channel
+    on its own by bilinear interpolation: output channel c reads input channel c only.
+    Needs in_channels == out_channels (one channel per group, or a dense diagonal)."""
+    if in_channels != out_channels or in_channels % groups:
+        raise ValueError(f"bilinear upsampling maps each channel to itself: {in_channels} in, {out_channels} out, "
+                         f"{groups} groups")
+    kernel = bilinear_kernel(kernel_size, dtype)
+    per_group = out_channels // groups
+    weight = torch.zeros(in_channels, per_group, *kernel.shape, dtype=dtype)
+    channels = torch.arange(in_channels)
+    weight[channels, channels % per_group] = kernel
+    return weight
+
+
+@torch.no_grad()
+def init_bilinear_(deconv: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
+    """Set a transposed conv (kernel 2s or 2s - 1 for stride s) to bilinear interpolation of
+    each channel, bias zero. Away from the borders output pixel z then holds the input
+    linearly interpolated at (z - (k - 1) / 2 + padding) / s (``alignment.coordinate_map``);
+    with kernel 2s and padding s / 2 that is F.interpolate's bilinear resize (align_corners
+    False)."""
+    deconv.weight.copy_(bilinear_weight(deconv.in_channels, deconv.out_channels, deconv.kernel_size, deconv.groups,
+                                        deconv.weight.dtype))
+    if deconv.bias is not None:
+        deconv.bias.zero_()
+    return deconv
 
 
 class FixedBilinearDeconv(nn.Module):
-    """x2 upsampling by a frozen depthwise 4x4/s2 transposed conv with a bilinear kernel
-    (caffe-jacinto's and FCN's upsampling). Its weight is a constant, not a parameter, so
-    training, sparsity and pruning passes leave it alone."""
+    """Upsampling by a frozen depthwise transposed conv with a bilinear kernel (caffe-jacinto's
+    and FCN's upsampling; default x2: kernel 4, stride 2, padding 1). Its weight is a constant,
+    not a parameter, so training, sparsity and pruning passes leave it alone."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, kernel_size: int = 4, stride: int = 2, padding: int = 1) -> None:
         super().__init__()
         self.channels = channels
-        kernel = bilinear_kernel(4).expand(channels, 1, 4, 4).contiguous()
-        self.register_buffer("weight", kernel, persistent=False)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.register_buffer("weight", bilinear_weight(channels, channels, kernel_size, channels), persistent=False)
+
+    def with_channels(self, channels: int) -> "FixedBilinearDeconv":
+        """The same upsampling for ``channels`` channels."""
+        return FixedBilinearDeconv(channels, self.kernel_size, self.stride, self.padding).to(self.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose2d(x, self.weight, stride=2, padding=1, groups=self.channels)
+        return F.conv_transpose2d(x, self.weight, stride=self.stride, padding=self.padding, groups=self.channels)
+
+
+class Crop(nn.Module):
+    """The window of ``x`` at ``offset`` (rows, columns) the size of the reference input ``like``
+    (caffe's Crop layer, which aligns an upsampled score map with the image)."""
+
+    def __init__(self, offset: tuple[int, int]) -> None:
+        super().__init__()
+        self.offset = tuple(int(o) for o in offset)
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        top, left = self.offset
+        h, w = like.shape[-2:]
+        return x[..., top:top + h, left:left + w]

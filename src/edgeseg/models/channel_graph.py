@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseg.errors import ModelError
-from edgeseg.models.blocks import (AdaptiveAvgPool, Add, Concat, ConvBNAct, DepthToSpace, FixedBilinearDeconv,
-                                   SpaceToDepth, Upsample)
+from edgeseg.models.blocks import (AdaptiveAvgPool, Add, Concat, ConvBNAct, Crop, DepthToSpace,
+                                   FixedBilinearDeconv, SpaceToDepth, Upsample)
 from edgeseg.models.folded import ChannelAffine
 
 # one output channel per input channel, computed from that channel alone
 PER_CHANNEL_MODULES = (nn.BatchNorm2d, nn.PReLU, nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Identity, nn.Dropout,
-                       nn.Dropout2d, ChannelAffine, Upsample, AdaptiveAvgPool, FixedBilinearDeconv)
+                       nn.Dropout2d, ChannelAffine, Upsample, AdaptiveAvgPool, FixedBilinearDeconv, Crop,
+                       nn.MaxPool2d, nn.AvgPool2d)
 PER_CHANNEL_FUNCTIONS = (F.avg_pool2d, F.max_pool2d, F.relu, F.interpolate, F.adaptive_avg_pool2d)
 LEAVES = (ConvBNAct, Add, Concat, SpaceToDepth, DepthToSpace, *PER_CHANNEL_MODULES)
 
@@ -90,7 +91,7 @@ def channel_steps(model: nn.Module) -> list[Step]:
             module = modules[node.target]
             name = node.target.removeprefix("model.")
             kind = _kind(module)
-            if isinstance(module, Upsample) or isinstance(module, FixedBilinearDeconv):
+            if isinstance(module, (Upsample, FixedBilinearDeconv, Crop)):
                 feeds = feeds[:1]  # a second input only gives the size
             if kind == "unsupported":
                 raise ModelError(f"cannot prune through layer '{name}' ({type(module).__name__}): its effect on "

@@ -82,7 +82,8 @@ def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile
         def hook(_, inputs, output):
             h, w = output.shape[-2:]
             if isinstance(module, FixedBilinearDeconv):
-                kind, cin, cout, k, s, d, g = "fixed_deconv", module.channels, module.channels, (4, 4), (2, 2), (1, 1), module.channels
+                k, s = module.weight.shape[-2:], (module.stride, module.stride)
+                kind, cin, cout, d, g = "fixed_deconv", module.channels, module.channels, (1, 1), module.channels
                 weight, trainable = module.weight, False
             else:
                 kind = "deconv" if isinstance(module, nn.ConvTranspose2d) else "conv"

@@ -50,7 +50,7 @@ def resized_per_channel(module: nn.Module, channels: int) -> nn.Module:
     if isinstance(module, ChannelAffine) and module.scale.numel() != channels:
         return ChannelAffine(channels)
     if isinstance(module, FixedBilinearDeconv) and module.channels != channels:
-        return FixedBilinearDeconv(channels)
+        return module.with_channels(channels)
     return module
 
 

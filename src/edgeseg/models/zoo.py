@@ -9,12 +9,17 @@ from torch import nn
 
 from edgeseg.errors import ModelError
 from edgeseg.models import architectures  # noqa: F401  (each architecture registers itself)
-from edgeseg.models.registry import MODELS
+from edgeseg.models.registry import MODELS, TEST_ARGUMENTS
 
 
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
     return sorted(MODELS)
+
+
+def tiny_variant_args(name: str) -> dict:
+    """Arguments of ``name``'s variant small enough for architecture-wide tests ({}: its defaults)."""
+    return dict(TEST_ARGUMENTS.get(name, {}))
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:

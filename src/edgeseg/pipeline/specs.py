@@ -75,4 +75,12 @@ class ExportStage(StrictModel):
         return self
 
 
-Stage = TrainStage | ThresholdStage | PruneStage | FoldStage | QuantizeStage | ExportStage
+class ConvolutionalizeStage(StrictModel):
+    stage: Literal["convolutionalize"] = "convolutionalize"
+    weights: str = Field(min_length=1, description="torchvision-layout AlexNet state dict: .safetensors or .pth (read "
+                                                   "with weights_only), or an explicit http(s) URL")
+    classes: str | None = Field(None, description="voc, camvid, cityscapes or a class-labels file (default: the "
+                                                  "dataset's classes)")
+
+
+Stage = TrainStage | ThresholdStage | PruneStage | FoldStage | QuantizeStage | ExportStage | ConvolutionalizeStage

@@ -18,7 +18,7 @@ from edgeseg.compress.prune_search import scope_sizes
 from edgeseg.compress.quant.stage import quantize_model_dir
 from edgeseg.compress.sample_images import labelled_images, real_check_images
 from edgeseg.compress.threshold import threshold_model_dir
-from edgeseg.data.spec import open_dataset
+from edgeseg.data.spec import open_dataset, open_source
 from edgeseg.errors import ConfigError
 from edgeseg.export.bundle import write_bundle
 from edgeseg.export.onnx import Tolerances, export_onnx
@@ -26,9 +26,10 @@ from edgeseg.fileio import atomic_replace_dir
 from edgeseg.layout import (BEST_DIR, BUNDLE_MODEL, CONFIG_NAME, LAST_DIR, METRICS_CSV, STAGE_MODEL, STAGE_RUN,
                             WEIGHTS_NAME)
 from edgeseg.models.model_dir import read_model_config
+from edgeseg.models.surgery import convolutionalize_to_dir, surgery_classes
 from edgeseg.pipeline.prune_target import search_allocation, write_scan
-from edgeseg.pipeline.specs import (ExportStage, FoldStage, PruneStage, QuantizeStage, Stage, ThresholdStage,
-                                    TrainStage)
+from edgeseg.pipeline.specs import (ConvolutionalizeStage, ExportStage, FoldStage, PruneStage, QuantizeStage, Stage,
+                                    ThresholdStage, TrainStage)
 from edgeseg.schema import StrictModel, merge, validate
 from edgeseg.training import distributed
 from edgeseg.training.checkpoint import has_resumable_state
@@ -36,6 +37,7 @@ from edgeseg.training.config import TrainConfig
 from edgeseg.training.loop import read_metrics_csv, train
 
 Log = Callable[[str], None]
+SURGERY_INPUT_SIZE = (500, 500)  # PASCAL VOC's largest images, when no dataset size is known
 FINETUNE_DEFAULTS = {"epochs": 5, "optimizer": {"lr": 1e-5}, "eval_every": 1}
 
 
@@ -181,6 +183,22 @@ def run_export(source: Path, spec: ExportStage, out: Path, ctx: StageContext) ->
     return StageResult(source, out, {"stage": "export", **metrics, "format": fmt})
 
 
+def run_convolutionalize(source: Path | None, spec: ConvolutionalizeStage, out: Path, ctx: StageContext) -> StageResult:
+    """DIGITS' net surgery: an ImageNet AlexNet's weights as an fcn_alexnet model directory for
+    ``spec.classes`` (default: those of ``ctx.data``), to be trained by the stages after it."""
+    if spec.classes is not None:
+        classes = surgery_classes(spec.classes)
+    elif ctx.data is not None:
+        classes = open_source(ctx.data).classes
+    else:
+        raise ConfigError("convolutionalize: classes: name them (voc, camvid, cityscapes or a class-labels file) "
+                          "or give a dataset")
+    metrics = convolutionalize_to_dir(spec.weights, classes, out, ctx.size or SURGERY_INPUT_SIZE)
+    ctx.log(f"convolutionalize: copied {', '.join(metrics['copied'])} from {spec.weights}; dropped "
+            f"{', '.join(metrics['dropped']) or 'nothing'}; {classes.num_classes} classes")
+    return StageResult(out, None, metrics)
+
+
 def export_format(source: Path, spec: ExportStage) -> str:
     """The format ``spec`` asks for, checked against whether ``source`` is quantized."""
     int8 = read_model_config(source).quantization is not None
@@ -215,6 +233,8 @@ STAGES: dict[str, StageKind] = {
     "fold-bn": StageKind(FoldStage, run_fold, True),  # merge BatchNorms into the convs before them
     "quantize": StageKind(QuantizeStage, run_quantize, True),  # PTQ, optional quantization-aware fine-tuning
     "export": StageKind(ExportStage, run_export, True, hands_on_source=True),  # ONNX fp32/int8 or a bundle
+    # an ImageNet AlexNet's weights -> fcn_alexnet (fc6/fc7 as convs), before training stages
+    "convolutionalize": StageKind(ConvolutionalizeStage, run_convolutionalize, False),
 }
 
 

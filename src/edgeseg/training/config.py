@@ -81,8 +81,10 @@ class DataSection(StrictModel):
     val_split: str = "val"
     cache: bool = Field(True, description="keep decoded images in memory")
     num_workers: int = Field(2, ge=0)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] | None = Field(
+        None, description="inputs are (pixel / 255 - mean) / std; unset: model.init_from's, else the architecture's "
+                          f"own (fcn_alexnet: pixel - 116), else ImageNet's {IMAGENET_MEAN}")
+    std: tuple[float, float, float] | None = Field(None, description=f"unset: as mean (ImageNet's {IMAGENET_STD})")
 
 
 class TrainConfig(StrictModel):

@@ -23,7 +23,7 @@ from edgeseg.models.quantized import attach_quantizers
 from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source
-from edgeseg.data.transforms import TrainTransform
+from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainTransform
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluation import evaluate
 from edgeseg.fileio import atomic_write_text
@@ -97,17 +97,26 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     stage = {"stage": "train", "config": config.name, "data": spec}
     if config.model.init_from is None:
         model = create_model(config.model.name, classes.num_classes, **config.model.args)
-        model_config = model_config_for(model, classes, input_size, config.data.mean, config.data.std, [stage])
+        mean, std = input_normalization(config, getattr(model, "input_normalization", None))
+        model_config = model_config_for(model, classes, input_size, mean, std, [stage])
         return attach_training_quantizers(config, model, model_config), model_config
     loaded = load_model_dir(config.model.init_from)
     if loaded.config.num_classes != classes.num_classes:
         raise ConfigError(f"model.init_from: {config.model.init_from} predicts {loaded.config.num_classes} classes "
                           f"but the dataset has {classes.num_classes}")
-    model_config = model_config_for(loaded.model, classes, loaded.config.input_size, config.data.mean,
-                                    config.data.std, [*loaded.config.history, stage])
+    mean, std = input_normalization(config, (loaded.config.mean, loaded.config.std))
+    model_config = model_config_for(loaded.model, classes, loaded.config.input_size, mean, std,
+                                    [*loaded.config.history, stage])
     model_config.batchnorm_folded = loaded.config.batchnorm_folded
     model_config.quantization = loaded.config.quantization
     return attach_training_quantizers(config, loaded.model.train(), model_config), model_config
+
+
+def input_normalization(config: TrainConfig, model_default) -> tuple[tuple, tuple]:
+    """(mean, std) the inputs are normalised with: the config's where set, else ``model_default``
+    (the starting model directory's, or the architecture's own), else ImageNet's."""
+    default_mean, default_std = model_default or (IMAGENET_MEAN, IMAGENET_STD)
+    return (tuple(config.data.mean or default_mean), tuple(config.data.std or default_std))
 
 
 def check_crops(config: TrainConfig, stride: int) -> None:
@@ -270,7 +279,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     seed_everything(config.seed)
     source = open_source(config.data.spec)
     classes = source.classes
-    transform = TrainTransform(config.augment, config.data.mean, config.data.std)
+    transform = TrainTransform(config.augment)  # normalised as the model's config.json will say, set below
     for note in getattr(source, "notes", []):
         log(f"data: {note}")
     train_set = source.dataset(config.data.train_split, cache=config.data.cache, transform=transform)
@@ -280,6 +289,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
     model, model_config = build_model(config, classes, val_set)
+    transform.normalize = Normalize(model_config.mean, model_config.std)
     check_crops(config, model_config.output_stride)
     if config.model.pretrained and resume_dir is None:
         copied, unmatched = load_pretrained(model, config.model.pretrained)

@@ -1,4 +1,4 @@
 """One module per architecture; importing this package registers them all."""
 
-from edgeseg.models.architectures import (basic_encdec, dabnet, edanet, icnet, jacintonet11_seg,  # noqa: F401
-                                         lmsegnet_v1, pspnet, swiftnet)
+from edgeseg.models.architectures import (basic_encdec, dabnet, edanet, fcn_alexnet, icnet,  # noqa: F401
+                                         jacintonet11_seg, lmsegnet_v1, pspnet, swiftnet)

@@ -129,7 +129,7 @@ class ICNet(SegmentationModel):
         self.auxiliary_dropped = True
 
 
-@register_model
+@register_model(test_args={"filter_scale": 0.125})
 def icnet(num_classes: int, depth: int | str = 18, filter_scale: float = 0.5,
           pooling_factors: tuple[int, ...] = (1, 2, 3, 4), mobile_ops_only: bool = False, single_branch: bool = False,
           branch_loss_weights: tuple[float, float, float] = (1.0, 0.4, 0.4)) -> ICNet:

@@ -63,7 +63,7 @@ class PSPNet(SegmentationModel):
         return heads
 
 
-@register_model
+@register_model(test_args={"width": 0.125})
 def pspnet(num_classes: int, depth: int | str = 18, width: float = 0.5, bins: tuple[int, ...] = (1, 2, 3, 6),
            aux_weight: float = 0.4) -> PSPNet:
     """PSPNet: dilated ResNet-``depth`` trunk (``width`` x 64-512), pyramid pooling over ``bins``,
