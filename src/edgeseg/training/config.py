@@ -85,6 +85,12 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="per process")
     eval_every: int = Field(1, ge=1, description="epochs between full-resolution evaluations")
     clip_grad_norm: float | None = Field(None, gt=0)
+    memory_saving: bool | list[str] = Field(
+        False, description="gradient checkpointing: true checkpoints the architecture's default modules, or a list "
+                           "of module names; less activation memory for about one more forward per step")
+    save_every: int | None = Field(
+        None, ge=1, description="epochs between kept model directories in checkpoints/ (for edgeseg eval --watch)")
+    keep_last: int = Field(5, ge=1, description="how many of those periodic checkpoints to keep")
     weight_average: float | None = Field(
         None, gt=0, lt=1, description="evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)")
     seed: int = 0
@@ -176,7 +182,7 @@ def _section_type(annotation):
 
 # Keys a resumed run may change: they cannot change what it computes.
 RESUME_FREE_KEYS = ("name", "runs_dir", "device", "tensorboard", "log_every", "data.num_workers", "data.cache",
-                    "sparsity.display_sparsity")
+                    "sparsity.display_sparsity", "memory_saving", "save_every", "keep_last")
 # Keys a run stopped by divergence may also change when resumed: the remedies.
 RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
 
