@@ -58,14 +58,16 @@ class TorchPredictor:
         self.classes: ClassInfo = self.config.class_info()
         self.normalize = Normalize(self.config.mean, self.config.std)
         self.output_stride = self.config.output_stride
+        self.pad_to_shape: tuple[int, int] | None = None
         self.backend = "pytorch"
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, C, H, W) logits; pads to the output stride
-        (with zeros, i.e. the mean colour) and crops the result back."""
+        or to ``pad_to_shape`` (with zeros, i.e. the mean colour) and crops the result back."""
         h, w = images.shape[-2:]
-        x = pad_to_stride(images.to(self.device, non_blocking=True), self.output_stride)
+        x = images.to(self.device, non_blocking=True)
+        x = pad_to_shape(x, self.pad_to_shape) if self.pad_to_shape else pad_to_stride(x, self.output_stride)
         return self.model(x)[..., :h, :w]
 
     @classmethod
@@ -110,6 +112,7 @@ class OnnxPredictor:
         dims = session.get_inputs()[0].shape[2:]
         self.size = tuple(dims) if all(isinstance(d, int) for d in dims) else None
         self.precision = meta.get("precision", "fp32")
+        self.pad_to_shape: tuple[int, int] | None = None
         self.device = torch.device("cpu")
         self.backend = "onnxruntime"
 
@@ -131,16 +134,42 @@ class OnnxPredictor:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         s = self.output_stride
-        fh, fw = self.size or (h + (-h) % s, w + (-w) % s)
-        if h > fh or w > fw:
+        fh, fw = self.pad_to_shape or self.size or (h + (-h) % s, w + (-w) % s)
+        if (h > fh or w > fw) and not self.pad_to_shape:
             raise ModelError(f"{self.source}: image {h}x{w} is larger than the model's fixed input {fh}x{fw}; "
                              f"export again with --size")
-        x = F.pad(images.float().cpu(), (0, fw - w, 0, fh - h)).contiguous().numpy()
+        x = pad_to_shape(images.float().cpu(), (fh, fw)).contiguous().numpy()
         out = self.session.run(["logits"], {"image": x})[0]
         return torch.from_numpy(out[..., :h, :w])
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         return class_ids(self.logits(images))
+
+
+def pad_to_shape(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) zero-padded at the bottom/right to exactly ``shape``; ModelError if larger."""
+    h, w = images.shape[-2:]
+    if h > shape[0] or w > shape[1]:
+        raise ModelError(f"image {h}x{w} is larger than --pad-to-shape {shape[0]} {shape[1]}")
+    return F.pad(images, (0, shape[1] - w, 0, shape[0] - h))
+
+
+def with_pad_to_shape(predictor: Predictor, shape: tuple[int, int] | None) -> Predictor:
+    """``predictor``, set to pad every image to exactly ``shape`` (H, W) before the model (a
+    fixed-shape inference, as ICNet's) and crop the prediction back; None: pad to the stride.
+    The shape must suit the model: multiples of its output stride, a fixed ONNX input's size."""
+    if shape is not None:
+        shape = (int(shape[0]), int(shape[1]))
+        s = predictor.output_stride
+        if min(shape) < 1 or shape[0] % s or shape[1] % s:
+            raise ModelError(f"--pad-to-shape {shape[0]} {shape[1]}: both sides must be positive multiples of the "
+                             f"model's output stride {s}")
+        fixed = getattr(predictor, "size", None)
+        if fixed is not None and tuple(fixed) != shape:
+            raise ModelError(f"--pad-to-shape {shape[0]} {shape[1]}: the ONNX model's input is fixed at "
+                             f"{fixed[0]}x{fixed[1]}")
+    predictor.pad_to_shape = shape
+    return predictor
 
 
 def load_predictor(path: str | Path, device: torch.device | None = None) -> Predictor:
