@@ -4,8 +4,9 @@
 Each mode runs in its own process so peaks do not mix. Peak memory: on CUDA
 torch.cuda.max_memory_allocated over a step; on the CPU the peak resident set of the second
 training step above the resident set just before it (Linux /proc: clear_refs resets the
-peak; glibc's mmap threshold fixed so freed blocks leave it), plus the bytes autograd saved for backward (allocator-independent; a tensor saved by two ops
-counts twice, so it can exceed the peak).
+peak; glibc's mmap threshold fixed so freed blocks leave it), plus the bytes autograd saved
+for backward (allocator-independent; a tensor saved by two ops counts twice, so it can exceed
+the peak). The size is rounded up to the model's output stride.
 
     python bench/memory_saving.py [--model swiftnet] [--arg width=0.5] [--size 360 480] [--batch 4]
                                   [--steps 5] [--device cpu] [--cpu-amp] [--modules stage1 stage2 ...]
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg.models import create_model
+from edgeseg.models.stride import round_up
 from edgeseg.schema import parse_value
 from edgeseg.training.memory_saving import enable_checkpointing, resolve_checkpoint_modules
 
@@ -62,8 +64,9 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
     names = resolve_checkpoint_modules(model, args.modules or True, args.model) if checkpointing else []
     enable_checkpointing(model, names)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.randn(args.batch, 3, *args.size, device=device)
-    labels = torch.randint(0, args.classes, (args.batch, *args.size), device=device)
+    size = round_up(args.size, getattr(model, "output_stride", 1))
+    images = torch.randn(args.batch, 3, *size, device=device)
+    labels = torch.randint(0, args.classes, (args.batch, *size), device=device)
     saved = [0]
 
     def pack(tensor):
@@ -99,7 +102,7 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
         step()
         times.append(time.perf_counter() - started)
     return {"peak_mib": peak_mib, "saved_mib": saved[0] / 2**20, "step_ms": 1000 * statistics.median(times),
-            "modules": names}
+            "modules": names, "size": size}
 
 
 class _null:
@@ -138,7 +141,7 @@ def main() -> None:
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"python bench/memory_saving.py {shlex.join(sys.argv[1:])}")
-    print(f"{args.model} {dict(a.split('=', 1) for a in args.arg)}, batch {args.batch} at {args.size[0]}x{args.size[1]},"
+    print(f"{args.model} {dict(a.split('=', 1) for a in args.arg)}, batch {args.batch} at {ckpt['size'][0]}x{ckpt['size'][1]},"
           f" {args.device}{' bf16 autocast' if args.cpu_amp else ''}; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; checkpointed: {', '.join(ckpt['modules'])}")
     peak = "peak MiB (CUDA allocated)" if args.device.startswith("cuda") else "peak MiB (RSS above start)"
