@@ -1,7 +1,7 @@
 """Peak memory and step time of one training step with and without gradient checkpointing
 (the training config's ``memory_saving``), on a model built from the registry.
 
-Each mode runs in its own process so peaks do not mix. Peak memory: on CUDA
+Each mode runs in its own processes (one for memory, one for time) so peaks do not mix. Peak memory: on CUDA
 torch.cuda.max_memory_allocated over a step; on the CPU the peak resident set of the second
 training step above the resident set just before it (Linux /proc: clear_refs resets the
 peak; glibc's mmap threshold fixed so freed blocks leave it), plus the bytes autograd saved
@@ -55,8 +55,8 @@ def training_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
-    """One mode, in this process."""
+def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict:
+    """One mode, in this process: the peak memory of a step, or the median step time."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     model_args = {k: parse_value(v, f"{k}={v}") for k, v in (item.split("=", 1) for item in args.arg)}
@@ -84,6 +84,14 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if timing:
+        step()
+        times = []
+        for _ in range(args.steps):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return {"step_ms": 1000 * statistics.median(times)}
     if device.type == "cuda":
         step()
         torch.cuda.reset_peak_memory_stats()
@@ -96,13 +104,7 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
         step(count_saved=True)
         peak_mib = (proc_status_kib("VmHWM") - before) / 1024
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return {"peak_mib": peak_mib, "saved_mib": saved[0] / 2**20, "step_ms": 1000 * statistics.median(times),
-            "modules": names, "size": size}
+    return {"peak_mib": peak_mib, "saved_mib": saved[0] / 2**20, "modules": names, "size": size}
 
 
 class _null:
@@ -124,21 +126,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cpu-amp", action="store_true", help="bfloat16 autocast on the CPU")
     parser.add_argument("--modules", nargs="*", help="modules to checkpoint (default: the architecture's)")
-    parser.add_argument("--child", choices=["plain", "checkpointed"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, choices=["plain", "checkpointed", "memory", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args, args.child == "checkpointed")))
+        print(json.dumps(measure(args, args.child[0] == "checkpointed", args.child[1] == "time")))
         return
-    results = {}
-    for mode in ("plain", "checkpointed"):
-        # a fixed mmap threshold: glibc then returns every large block on free, so the resident
-        # set follows the live tensors instead of malloc's cache
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", mode], capture_output=True,
-                              text=True, env=env)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: the {mode} step failed:\n{proc.stderr.strip()}")
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = {"plain": {}, "checkpointed": {}}
+    for what in ("memory", "time"):
+        for mode in results:
+            # memory: a fixed mmap threshold, so glibc returns every large block on free and the
+            # resident set follows the live tensors; time: malloc as usual (mmap per block is slow)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if what == "memory" else None
+            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", mode, what],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"error: the {mode} step failed:\n{proc.stderr.strip()}")
+            results[mode].update(json.loads(proc.stdout.strip().splitlines()[-1]))
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"python bench/memory_saving.py {shlex.join(sys.argv[1:])}")
     print(f"{args.model} {dict(a.split('=', 1) for a in args.arg)}, batch {args.batch} at {ckpt['size'][0]}x{ckpt['size'][1]},"
