@@ -74,3 +74,22 @@ def test_module_names_are_checked():
     bare = create_model("basic_encdec", 4)
     with pytest.raises(ConfigError, match="declares no modules to checkpoint; list some instead, e.g. memory_saving=\\[stem"):
         resolve_checkpoint_modules(bare, True, "basic_encdec")
+
+
+def test_training_with_memory_saving_ends_with_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from edgeseg.training.config import load_train_config
+    from edgeseg.training.loop import train
+
+    tiny = ["data.spec=synthetic:8", "augment.crop=[64,96]", "batch_size=4", "model.name=swiftnet",
+            "model.args={width: 0.25, decoder: 16}", "data.num_workers=0", "seed=3", "deterministic=true",
+            "tensorboard=false", "epochs=1", f"runs_dir={tmp_path}"]
+    lines = []
+    saving = train(load_train_config(None, tiny + ["memory_saving=true", "name=saving"]), log=lines.append)
+    plain = train(load_train_config(None, tiny + ["name=plain"]), log=lambda _: None)
+    assert "memory_saving: checkpointing stem, stage1, stage2, stage3, stage4, context, up16, up8, up4" in lines
+    a, b = (load_file(str(run.run_dir / "last" / "model.safetensors")) for run in (saving, plain))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
