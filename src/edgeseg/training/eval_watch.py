@@ -102,6 +102,8 @@ def _evaluate_checkpoint(path: Path, dataset, device, batch_size, pad_to_shape, 
         progress = json.loads((path / TRAIN_STATE).read_text())["progress"]
         predictor = TorchPredictor.from_dir(path, device)
     except (FileNotFoundError, EdgesegError):
+        if (path / TRAIN_STATE).is_file():
+            raise
         log(f"{path.name}: removed before it could be evaluated (raise keep_last to keep it longer)")
         return None
     with_pad_to_shape(predictor, pad_to_shape)
