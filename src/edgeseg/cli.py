@@ -187,28 +187,57 @@ def init_command(
 
 @app.command("eval")
 def eval_command(
-    model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle"),
-    data: str = typer.Option(..., "--data", help="dataset spec, e.g. camvid:PATH or synthetic"),
-    split: str = typer.Option("val", "--split"),
+    model: Path = typer.Argument(..., help="model directory, .onnx file or deploy bundle; with --watch/--all a run "
+                                           "directory"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset spec, e.g. camvid:PATH or synthetic (for a run "
+                                                            "directory: the run's own by default)"),
+    split: Optional[str] = typer.Option(None, "--split", help="default: val (for a run directory: its val_split)"),
     json_file: Optional[Path] = typer.Option(None, "--json", help="write the metrics and confusion matrix as JSON"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="draw the confusion matrix into this PNG"),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
+    pad_to_shape: Optional[Tuple[int, int]] = typer.Option(
+        None, "--pad-to-shape", help="pad every image (bottom/right) to exactly H W before the model, as a "
+                                     "fixed-shape deployment does, and crop the prediction back"),
+    watch: bool = typer.Option(False, "--watch", help="RUN_DIR: evaluate each periodic checkpoint (save_every) as it "
+                                                      "appears, until the run ends"),
+    all_checkpoints: bool = typer.Option(False, "--all", help="RUN_DIR: evaluate every kept checkpoint, then stop"),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="--watch/--all: where TensorBoard events and "
+                                                                     "evaluations.csv go (default RUN_DIR/eval)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="--watch: stop after this many seconds "
+                                                                           "even if the run has not ended"),
     device: str = DeviceOption,
     force: bool = typer.Option(False, "--force", help="replace --json/--plot even if edgeseg eval did not write them"),
     tta: Optional[str] = TTAOption,
 ) -> None:
     """Evaluate MODEL on a dataset split at full resolution (mIoU, accuracies, per-class IoU,
-    confusion matrix: rows ground truth, columns prediction)."""
+    confusion matrix: rows ground truth, columns prediction). With --watch or --all, follow a
+    training run's periodic checkpoints instead."""
     from edgeseg.data.spec import open_dataset
+    from edgeseg.errors import ConfigError
     from edgeseg.evaluation import evaluate
     from edgeseg.fileio import atomic_write_json, check_output
-    from edgeseg.predict.predictors import load_predictor
+    from edgeseg.predict.predictors import load_predictor, with_pad_to_shape
     from edgeseg.runtime import resolve_device
 
+    if watch or all_checkpoints:
+        from edgeseg.training.eval_watch import watch_run
+
+        if watch and all_checkpoints:
+            raise ConfigError("eval: give --watch or --all, not both")
+        if json_file or plot:
+            raise ConfigError("eval: --json and --plot evaluate one model; --watch/--all write RUN_DIR/eval instead")
+        result = watch_run(model, follow=watch, eval_dir=eval_dir, data=data, split=split,
+                           device=resolve_device(device), batch_size=batch_size, pad_to_shape=pad_to_shape,
+                           timeout=timeout, force=force, log=lambda line: out.print(line, markup=False))
+        out.print(f"evaluated {len(result.evaluated)} checkpoints ({result.ended_by}); wrote {result.eval_dir}")
+        return
+    if data is None:
+        raise ConfigError("eval: --data is required (a run directory is followed with --watch or --all)")
+    split = split or "val"
     for output, flag in ((json_file, "--json"), (plot, "--plot")):
         if output:
             check_output(output, "eval", [model], force, kind="file", flag=flag)
-    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
+    predictor = with_tta(with_pad_to_shape(load_predictor(model, resolve_device(device)), pad_to_shape), tta)
     result = evaluate(predictor, open_dataset(data, split), batch_size=batch_size)
     result["model"] = str(model)
     result["data"] = data
@@ -239,11 +268,14 @@ def predict_command(
     threads: Optional[int] = ThreadsOption,
     workers: int = WorkersOption,
     tta: Optional[str] = TTAOption,
+    pad_to_shape: Optional[Tuple[int, int]] = typer.Option(
+        None, "--pad-to-shape", help="pad every image (bottom/right) to exactly H W before the model (fixed-shape "
+                                     "inference) and crop the prediction back"),
 ) -> None:
     """Write a paletted label PNG (and optionally an overlay) for every input image; video
     files and camera indices give an overlay video at the source frame rate."""
     from edgeseg.fileio import check_files, check_output, mark_output
-    from edgeseg.predict.predictors import load_predictor
+    from edgeseg.predict.predictors import load_predictor, with_pad_to_shape
     from edgeseg.predict.outputs import predict_images, predict_video
     from edgeseg.predict.sources import expand_sources, is_video_source, output_names
     from edgeseg.runtime import resolve_device
@@ -258,7 +290,7 @@ def predict_command(
     files += [f"{'camera' + v if v.isdigit() else Path(v).stem}_overlay.mp4" for v in videos]
     check_files(out_dir, files, "predict", force)
     set_threads(threads)
-    predictor = with_tta(load_predictor(model, resolve_device(device)), tta)
+    predictor = with_tta(with_pad_to_shape(load_predictor(model, resolve_device(device)), pad_to_shape), tta)
     out_dir.mkdir(parents=True, exist_ok=True)
     mark_output(out_dir, "predict", files)  # before writing: an interrupted run's files are still ours
     for video in videos:

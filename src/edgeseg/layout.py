@@ -16,6 +16,11 @@ TENSORBOARD_DIR = "tb"
 LAST_DIR = "last"
 BEST_DIR = "best"
 TRAIN_STATE = "state.json"
+CHECKPOINTS_DIR = "checkpoints"  # periodic model directories (save_every), named CHECKPOINT_PREFIX + epoch
+CHECKPOINT_PREFIX = "epoch-"
+RUN_END = "finished.json"  # written when the run stops (done or diverged); edgeseg eval --watch waits for it
+EVAL_DIR = "eval"  # edgeseg eval RUN_DIR --watch/--all: TensorBoard events and evaluations.csv
+EVAL_CSV = "evaluations.csv"
 
 # folds directory (edgeseg folds): <runs_dir>/<name>-folds/ holds one run directory per fold
 FOLDS_SUFFIX = "-folds"

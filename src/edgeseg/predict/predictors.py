@@ -21,7 +21,6 @@ from edgeseg.errors import ModelError
 from edgeseg.layout import BUNDLE_MODEL, CONFIG_NAME
 from edgeseg.metrics import class_ids
 from edgeseg.models.model_dir import ModelConfig, load_model_dir
-from edgeseg.models.stride import pad_to_stride
 from edgeseg.predict.metadata import read_metadata
 from edgeseg.runtime import resolve_device
 
@@ -78,17 +77,20 @@ class TorchPredictor:
         self.classes: ClassInfo = self.config.class_info()
         self.normalize = Normalize(self.config.mean, self.config.std)
         self.output_stride = self.config.output_stride
+        self.pad_to_shape: tuple[int, int] | None = None
         self.backend = "pytorch"
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised images -> (N, C, H, W) logits; pads to the output stride
-        (with zeros, i.e. the mean colour) and crops the result back."""
+        or to ``pad_to_shape`` (with zeros, i.e. the mean colour) and crops the result back."""
         h, w = images.shape[-2:]
-        x = pad_to_stride(images.to(self.device, non_blocking=True), self.output_stride)
+        x = pad_to_shape(images.to(self.device, non_blocking=True), self.padded_size(h, w))
         return self.model(x)[..., :h, :w]
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.pad_to_shape:
+            return fitting_shape(height, width, self.pad_to_shape)
         s = self.output_stride
         return height + (-height) % s, width + (-width) % s
 
@@ -134,6 +136,7 @@ class OnnxPredictor:
         dims = session.get_inputs()[0].shape[2:]
         self.size = tuple(dims) if all(isinstance(d, int) for d in dims) else None
         self.precision = meta.get("precision", "fp32")
+        self.pad_to_shape: tuple[int, int] | None = None
         self.device = torch.device("cpu")
         self.backend = "onnxruntime"
 
@@ -153,6 +156,8 @@ class OnnxPredictor:
         return cls(ort_session(data, threads), "exported model")
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.pad_to_shape:
+            return fitting_shape(height, width, self.pad_to_shape)
         s = self.output_stride
         return self.size or (height + (-height) % s, width + (-width) % s)
 
@@ -169,6 +174,38 @@ class OnnxPredictor:
 
     def labels(self, images: torch.Tensor) -> torch.Tensor:
         return class_ids(self.logits(images))
+
+
+def fitting_shape(height: int, width: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """``shape`` (--pad-to-shape), checked to hold an image of ``height`` x ``width``."""
+    if height > shape[0] or width > shape[1]:
+        raise ModelError(f"image {height}x{width} is larger than --pad-to-shape {shape[0]} {shape[1]}")
+    return shape
+
+
+def pad_to_shape(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) zero-padded at the bottom/right to exactly ``shape``; ModelError if larger."""
+    h, w = images.shape[-2:]
+    fitting_shape(h, w, shape)
+    return images if (h, w) == tuple(shape) else F.pad(images, (0, shape[1] - w, 0, shape[0] - h))
+
+
+def with_pad_to_shape(predictor: Predictor, shape: tuple[int, int] | None) -> Predictor:
+    """``predictor``, set to pad every image to exactly ``shape`` (H, W) before the model (a
+    fixed-shape inference, as ICNet's) and crop the prediction back; None: pad to the stride.
+    The shape must suit the model: multiples of its output stride, a fixed ONNX input's size."""
+    if shape is not None:
+        shape = (int(shape[0]), int(shape[1]))
+        s = predictor.output_stride
+        if min(shape) < 1 or shape[0] % s or shape[1] % s:
+            raise ModelError(f"--pad-to-shape {shape[0]} {shape[1]}: both sides must be positive multiples of the "
+                             f"model's output stride {s}")
+        fixed = getattr(predictor, "size", None)
+        if fixed is not None and tuple(fixed) != shape:
+            raise ModelError(f"--pad-to-shape {shape[0]} {shape[1]}: the ONNX model's input is fixed at "
+                             f"{fixed[0]}x{fixed[1]}")
+    predictor.pad_to_shape = shape
+    return predictor
 
 
 def load_predictor(path: str | Path, device: torch.device | None = None) -> Predictor:

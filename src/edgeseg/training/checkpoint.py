@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgeseg.errors import ConfigError, EdgesegError
-from edgeseg.fileio import atomic_replace_dir
-from edgeseg.layout import BEST_DIR, LAST_DIR, METRICS_CSV, RUN_CONFIG, TRAIN_STATE
+from edgeseg.fileio import atomic_replace_dir, atomic_write_json
+from edgeseg.layout import (BEST_DIR, CHECKPOINT_PREFIX, CHECKPOINTS_DIR, LAST_DIR, METRICS_CSV, RUN_CONFIG, RUN_END,
+                            TRAIN_STATE)
+from edgeseg.models import ModelConfig, save_model_dir
 
 
 def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -126,3 +128,26 @@ def saved_progress(run_dir: Path) -> dict:
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"{run_dir / name / 'state.json'}: unreadable checkpoint state") from None
     raise ConfigError(f"{run_dir}: nothing to resume (no last/state.json)")
+
+
+def save_periodic_checkpoint(run_dir: Path, model: torch.nn.Module, config: ModelConfig, progress: dict,
+                             keep_last: int) -> Path:
+    """Write ``checkpoints/epoch-NNNN/`` (a model directory with ``state.json`` holding
+    ``progress``) atomically, then remove all but the ``keep_last`` newest."""
+    folder = run_dir / CHECKPOINTS_DIR
+    path = save_model_dir(model, config, folder / f"{CHECKPOINT_PREFIX}{progress['epoch']:04d}",
+                          extra_files={TRAIN_STATE: json.dumps({"progress": progress}, indent=1)})
+    kept = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit())
+    for old in kept[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def mark_run_end(run_dir: Path, status: str, epoch: int) -> None:
+    """Record that the run stopped (``status``: finished or diverged) after ``epoch``."""
+    atomic_write_json(run_dir / RUN_END, {"status": status, "epoch": epoch})
+
+
+def clear_run_end(run_dir: Path) -> None:
+    """A run (re)starting is running again."""
+    (run_dir / RUN_END).unlink(missing_ok=True)

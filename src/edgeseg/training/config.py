@@ -108,6 +108,12 @@ class TrainConfig(StrictModel):
     clip_grad_norm: float | None = Field(None, gt=0)
     distill: DistillSection | None = Field(None, description="learn from a teacher model too: {teacher: MODEL_DIR, "
                                                                    "temperature: T, weight: w}")
+    memory_saving: bool | list[str] = Field(
+        False, description="gradient checkpointing: true checkpoints the architecture's default modules, or a list "
+                           "of module names; less activation memory for about one more forward per step")
+    save_every: int | None = Field(
+        None, ge=1, description="epochs between kept model directories in checkpoints/ (for edgeseg eval --watch)")
+    keep_last: int = Field(5, ge=1, description="how many of those periodic checkpoints to keep")
     weight_average: float | None = Field(
         None, gt=0, lt=1, description="evaluate and save an exponential moving average of the weights with this decay (e.g. 0.999)")
     seed: int = 0
@@ -199,7 +205,7 @@ def _section_type(annotation):
 
 # Keys a resumed run may change: they cannot change what it computes.
 RESUME_FREE_KEYS = ("name", "runs_dir", "device", "tensorboard", "log_every", "data.num_workers", "data.cache",
-                    "sparsity.display_sparsity")
+                    "sparsity.display_sparsity", "memory_saving", "save_every", "keep_last")
 # Keys a run stopped by divergence may also change when resumed: the remedies.
 RESUME_AFTER_DIVERGENCE_KEYS = ("optimizer.lr", "schedule.", "clip_grad_norm")
 

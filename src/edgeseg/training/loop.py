@@ -33,11 +33,12 @@ from edgeseg.models.model_dir import flush_subnormals_
 from edgeseg.plots import write_run_pictures
 from edgeseg.runtime import cpu_has_native_bfloat16, track
 from edgeseg.training import distributed
-from edgeseg.training.checkpoint import (has_resumable_state, load_training_state, recover_run_dir,
-                                     save_training_state)
+from edgeseg.training.checkpoint import (clear_run_end, has_resumable_state, load_training_state, mark_run_end,
+                                     recover_run_dir, save_periodic_checkpoint, save_training_state)
 from edgeseg.training.config import TrainConfig
 from edgeseg.training.distill import Distiller
 from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
+from edgeseg.training.memory_saving import enable_checkpointing, resolve_checkpoint_modules
 from edgeseg.training.pretrained import describe_unmatched, load_pretrained
 from edgeseg.training.schedules import lr_factor
 from edgeseg.training.tblog import TensorBoardLog
@@ -211,6 +212,7 @@ def diverged(config: TrainConfig, run_dir: Path, process: distributed.Process, e
         history = [*config.history, event]
         atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(
             config.model_copy(update={"history": history}).model_dump(mode="json"), sort_keys=False))
+        mark_run_end(run_dir, "diverged", epoch)
     where = (f"{run_dir}/last keeps epoch {epoch}: lower the lr and continue with 'edgeseg train --resume "
              f"{run_dir} optimizer.lr={config.optimizer.lr / 10:g}'" if resumable else
              f"nothing was saved: lower optimizer.lr (now {config.optimizer.lr:g}) and train again")
@@ -299,6 +301,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     memory_format = training_memory_format(config, cuda)
     model.to(memory_format=memory_format)
     optimizer = build_optimizer(config, model)
+    checkpointed = resolve_checkpoint_modules(model, config.memory_saving, model_config.architecture)
+    enable_checkpointing(model, checkpointed)
+    if checkpointed:
+        log(f"memory_saving: checkpointing {', '.join(checkpointed)}")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
                            config.loss.ohem_threshold, config.loss.ohem_min_kept)
@@ -330,6 +336,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     sparsity = SparsityControl(config.sparsity, model, l1) if config.sparsity.active or l1 else None
     if process.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        clear_run_end(run_dir)
         atomic_write_text(run_dir / RUN_CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     tb = TensorBoardLog(run_dir / TENSORBOARD_DIR, config.tensorboard and process.is_main)
 
@@ -427,10 +434,14 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             save_training_state(run_dir / LAST_DIR, model, optimizer, {
                 "epoch": epoch + 1, "step": step, "best_miou": best, "grad_scaler": scaler.state_dict()},
                 average=average_model)
+            if config.save_every and ((epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs):
+                save_periodic_checkpoint(run_dir, evaluated, model_config, {"epoch": epoch + 1, "step": step},
+                                         config.keep_last)
         log(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']}  lr {row['lr']}  "
             f"val mIoU {row['val_miou'] or '-'}  ({seconds:.1f} s, {row['train_images_per_s']} img/s)")
     tb.close()
     if process.is_main:
+        mark_run_end(run_dir, "finished", config.epochs)
         write_run_pictures(run_dir, rows, best_metrics or last_metrics, classes.names,
                            f"{'best' if best_metrics else 'last'} model on {config.data.val_split}")
     return RunResult(run_dir, best, last_metrics, process.is_main)

@@ -65,6 +65,8 @@ class CascadeFeatureFusion(nn.Module):
 
 class ICNet(SegmentationModel):
     output_stride = 32
+    checkpoint_modules = ("sub1", "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4", "ppm",
+                          "cff24", "cff124")
 
     def __init__(self, num_classes: int, depth: int | str = 18, filter_scale: float = 0.5,
                  pooling_factors: tuple[int, ...] = (1, 2, 3, 4), mobile_ops_only: bool = False,

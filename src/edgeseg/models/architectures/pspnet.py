@@ -38,6 +38,8 @@ class PyramidPoolingModule(nn.Module):
 class PSPNet(SegmentationModel):
     output_stride = 8
     auxiliary_modules = ("aux",)
+    checkpoint_modules = ("backbone.stem", "backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4",
+                          "ppm")
 
     def __init__(self, num_classes: int, depth: int | str = 18, width: float = 0.5, bins: tuple[int, ...] = (1, 2, 3, 6),
                  aux_weight: float = 0.4) -> None:

@@ -54,6 +54,7 @@ class LadderStep(nn.Module):
 
 class SwiftNet(SegmentationModel):
     output_stride = 32
+    checkpoint_modules = ("stem", "stage1", "stage2", "stage3", "stage4", "context", "up16", "up8", "up4")
 
     def __init__(self, num_classes: int, width: float = 0.5, decoder: int = 64) -> None:
         super().__init__()
