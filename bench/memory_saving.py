@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from edgeseg.models import create_model
 from edgeseg.models.stride import round_up
 from edgeseg.schema import parse_value
+from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
 from edgeseg.training.memory_saving import enable_checkpointing, resolve_checkpoint_modules
 
 
@@ -39,20 +39,6 @@ def proc_status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def training_loss(outputs, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the logits, summed over every output of a multi-output model."""
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    if isinstance(outputs, torch.Tensor):
-        outputs = [outputs]
-    total = 0.0
-    for logits in outputs:
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        total = total + F.cross_entropy(logits.float(), labels)
-    return total
 
 
 def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict:
@@ -68,6 +54,13 @@ def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict
     images = torch.randn(args.batch, 3, *size, device=device)
     labels = torch.randint(0, args.classes, (args.batch, *size), device=device)
     saved = [0]
+    criterion, weights = pixel_loss(None, 255, None, 1 / 16), head_weights(model, None)
+
+    def training_loss() -> torch.Tensor:
+        """The engine's loss: every head of a multi-head model with its default weight."""
+        if len(weights) > 1:
+            return multi_head_loss(model, images, labels, criterion, weights)[0]
+        return criterion(model(images), labels)
 
     def pack(tensor):
         saved[0] += tensor.numel() * tensor.element_size()
@@ -77,7 +70,7 @@ def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if count_saved else _null()
         with hooks, torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
                                    enabled=args.cpu_amp or device.type == "cuda"):
-            loss = training_loss(model(images), labels)
+            loss = training_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
