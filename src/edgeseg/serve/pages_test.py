@@ -96,9 +96,9 @@ def add_routes(app: FastAPI, server) -> None:
 
         if form.get("resize") == "model":
             size = getattr(model, "size", None) or tuple(model.config.input_size)
-            rgb = np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+            rgb = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
             if truth is not None:
-                truth = np.asarray(Image.fromarray(truth).resize((size[1], size[0]), Image.NEAREST))
+                truth = np.array(Image.fromarray(truth).resize((size[1], size[0]), Image.NEAREST))
         label = label_map(model, rgb)
         classes = model.classes
         if form.get("colormap") == "none":
@@ -201,7 +201,7 @@ def decode_upload(payload: bytes) -> np.ndarray:
         image = Image.open(io.BytesIO(payload))
         if image.width * image.height > 40_000_000:
             raise ConfigError("image: more than 40 megapixels")
-        return np.asarray(upright(image).convert("RGB"))
+        return np.array(upright(image).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
         raise ConfigError("image: not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
 
