@@ -200,6 +200,8 @@ def test_downloads(served):
     assert wait_for(client, export_id)["state"] == "done", client.get(f"/api/jobs/{export_id}").json()["log"]
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{export_id}/download/export.zip").content))
     assert archive.namelist() == ["model.onnx"]
+    for page in (f"/jobs/{export_id}", f"/jobs/{job_id}", "/", "/test", "/models/new", "/recipes/new", "/datasets/new"):
+        assert client.get(page).status_code == 200, page
     tested = client.post("/test", data={"model": f"{export_id}/model.onnx", "source": "dataset", "dataset": "tiny",
                                         "split": "val", "index": "1", "colormap": "dataset", "resize": "none"})
     assert tested.status_code == 200 and tested.text.count('<td class="miou">') == 1

@@ -47,7 +47,10 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie has exited; only its parent has not collected it yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class JobStore:
@@ -232,7 +235,7 @@ class JobStore:
         with self.lock:
             self.processes.pop(job_id, None)
             job = self.get(job_id)
-            if job.get("abort_requested"):
+            if job.get("abort_requested") and returncode != 0:
                 state, message = "aborted", "aborted; the last checkpoint is kept (resume continues from it)"
             elif returncode == 0 or (job["kind"] == "doctor" and returncode == 1):
                 state, message = "done", "problems found" if returncode == 1 else ""

@@ -64,7 +64,8 @@ async function pollJob(element) {
       const response = await fetch("/api/jobs/" + element.dataset.job + "?lines=80");
       if (response.ok) {
         active = showJob(await response.json());
-        if (wasActive && !active) { location.reload(); return; }  // finished: show downloads and report
+        // an export or recipe that finishes: reload to show its download or report
+        if (wasActive && !active && element.dataset.kind !== "train") { location.reload(); return; }
         wasActive = active;
       }
     } catch (e) { /* the server restarts: keep polling */ }
