@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_label, write_tiny_folders
+from conftest import write_tiny_folders
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -112,7 +112,7 @@ def test_doctor_report_and_explore(served):
 def test_broken_dataset_shows_the_doctors_problems(served):
     client, root, _ = served
     broken = write_tiny_folders(root / "data" / "broken", count=4)
-    write_label(broken / "labels" / "im01.png", np.full((32, 32), 7, np.uint8), [0, 0, 0, 200, 40, 40, 40, 160, 40])
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(broken / "labels" / "im01.png")  # class 7 of 3
     (broken / "labels" / "im02.png").write_bytes(b"not a png")
     response = client.post("/datasets/new", follow_redirects=False, data={
         "mode": "folders", "name": "broken", "image_folder": str(broken / "images"),
@@ -122,8 +122,9 @@ def test_broken_dataset_shows_the_doctors_problems(served):
     job_id = client.get("/api/jobs").json()["jobs"][0]["id"]
     assert wait_for(client, job_id)["state"] == "done"
     page = client.get("/datasets/broken").text
-    assert "problems found" in page
-    assert "im01.png" in page and "im02.png" in page
+    assert 'class="error">problems found' in page
+    problems = page[page.index('<ul class="problems">'):]
+    assert "im01.png" in problems and "im02.png" in problems
 
 
 def test_model_form_errors_stand_beside_their_fields(served):
