@@ -217,3 +217,32 @@ def test_token_is_required_when_set(tmp_path):
     with TestClient(create_app(tmp_path / "work2", [], start_jobs=False)) as client:
         refused = client.post("/datasets/new", data={"mode": "spec"}, headers={"origin": "http://evil.example"})
         assert refused.status_code == 403
+
+
+def test_recipe_job_shows_its_report_and_curves(served):
+    client, root, _ = served
+    spec = str(root / "work" / "datasets" / "tiny" / "dataset.yaml")
+    recipe = (f"name: small\ntrain:\n  data: {{spec: '{spec}', num_workers: 0}}\n  model: {{name: basic_encdec}}\n"
+              "  augment: {crop: [32, 32]}\n  batch_size: 2\n  epochs: 2\n  optimizer: {lr: 0.01}\n"
+              "stages:\n  dense: {stage: train}\n  fold: {stage: fold-bn}\n")
+    bad = client.post("/recipes/new", data={"recipe": recipe.replace("fold-bn", "fold-bm")})
+    assert bad.status_code == 400 and 'id="error-recipe"' in bad.text and "fold-bm" in bad.text
+    response = client.post("/recipes/new", data={"recipe": recipe}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    job_id = response.headers["location"].rsplit("/", 1)[1]
+    assert wait_for(client, job_id, timeout=300)["state"] == "done", client.get(f"/api/jobs/{job_id}").json()["log"]
+    assert [row["epoch"] for row in client.get(f"/api/jobs/{job_id}").json()["metrics"]] == [1, 2]
+    page = client.get(f"/jobs/{job_id}").text
+    assert 'id="report"' in page and "fold" in page
+    assert f"{job_id}/pipeline/stages/02-fold/model" in client.get("/test").text
+
+
+def test_serve_command_checks_its_options():
+    from conftest import run_cli_here
+
+    from edgeseg.serve import is_local
+
+    assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost") and is_local("127.1.2.3")
+    assert not is_local("0.0.0.0") and not is_local("192.168.1.5")
+    result = run_cli_here("serve", "--data-root", "/no/such/folder")
+    assert result.returncode == 2 and "--data-root /no/such/folder: folder not found" in result.stderr
