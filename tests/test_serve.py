@@ -192,6 +192,17 @@ def test_test_one_and_many(served):
     assert client.post("/test", data={"model": "../../etc", "source": "upload"}).status_code == 400
 
 
+def test_per_class_iou_of_a_finished_training(served):
+    client, _, job_id = served
+    evaluation = next(j for j in client.get("/api/jobs").json()["jobs"] if j.get("parent") == job_id and j["kind"] == "eval")
+    assert wait_for(client, evaluation["id"])["state"] == "done"
+    page = client.get(f"/jobs/{job_id}").text
+    table = page[page.index('id="per-class"'):]
+    for name in ("background", "bar", "floor"):
+        assert f"<td>{name}</td>" in table
+    assert "<th>mIoU</th>" in table
+
+
 def test_downloads(served):
     client, _, job_id = served
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job_id}/download/model.zip").content))

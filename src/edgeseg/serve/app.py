@@ -20,7 +20,7 @@ from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 from edgeseg.layout import METRICS_CSV, REPORT_MD
 from edgeseg.serve.datasets import DatasetStore
-from edgeseg.serve.jobs import LOG_FILE, PIPELINE_DIR, RUN_DIR, JobStore, tail
+from edgeseg.serve.jobs import EVAL_JSON, LOG_FILE, PIPELINE_DIR, RUN_DIR, JobStore, tail
 from edgeseg.serve.paths import PathGuard
 
 HERE = Path(__file__).parent
@@ -100,8 +100,10 @@ def create_app(workdir: Path, data_roots: list[Path] = (), token: str | None = N
         job = server.jobs.get(job_id)
         folder = server.jobs.dir(job_id)
         report = (folder / PIPELINE_DIR / REPORT_MD)
+        children = [j for j in server.jobs.all() if j.get("parent") == job_id]
         return server.page("job.html", job=job, report=report.read_text(encoding="utf-8") if report.is_file() else "",
-                           exports=[j for j in server.jobs.all() if j.get("parent") == job_id])
+                           exports=[j for j in children if j["kind"] == "export"],
+                           evaluation=latest_evaluation(server.jobs.root, [j for j in children if j["kind"] == "eval"]))
 
     @app.get("/api/jobs/{job_id}")
     def job_status(job_id: str, lines: int = 60):
@@ -141,6 +143,18 @@ def create_app(workdir: Path, data_roots: list[Path] = (), token: str | None = N
         app.router.on_startup.append(server.jobs.start)
         app.router.on_shutdown.append(server.jobs.stop)
     return app
+
+
+def latest_evaluation(root: Path, jobs: list[dict]) -> dict | None:
+    """The newest finished evaluation among ``jobs``: its eval.json (per-class IoU and more)."""
+    for job in jobs:  # newest first
+        path = root / job["id"] / EVAL_JSON
+        if job["state"] == "done" and path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def metrics_file(folder: Path, job: dict) -> Path | None:

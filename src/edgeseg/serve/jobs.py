@@ -27,7 +27,8 @@ LOG_FILE = "log.txt"
 RUN_DIR = "run"            # a train job's run directory
 PIPELINE_DIR = "pipeline"  # a recipe job's pipeline directory
 DOCTOR_JSON = "doctor.json"
-KINDS = ("train", "recipe", "doctor", "export")
+KINDS = ("train", "recipe", "doctor", "export", "eval")
+EVAL_JSON = "eval.json"
 FINISHED = ("done", "failed", "aborted")
 
 
@@ -125,6 +126,8 @@ class JobStore:
             return base + ["run", str(folder / "recipe.yaml"), "--out", str(folder / PIPELINE_DIR)]
         if job["kind"] == "doctor":
             return base + ["data", "check", job["spec"], "--json", str(folder / DOCTOR_JSON), "--force"]
+        if job["kind"] == "eval":
+            return base + ["eval", job["model"], "--data", job["spec"], "--json", str(folder / EVAL_JSON), "--force"]
         return base + ["export", job["model"], "--out", str(folder / job["output"]), "--force",
                        f"format={job['format']}", *job.get("settings", [])]
 
@@ -243,6 +246,21 @@ class JobStore:
                 state, message = "failed", _last_error(self.root / job_id / LOG_FILE) or f"exit status {returncode}"
             self.update(job_id, state=state, returncode=returncode, finished=time.time(), pid=None, message=message,
                         abort_requested=False)
+            if state == "done" and job["kind"] == "train":
+                self._queue_evaluation(job)
+
+    def _queue_evaluation(self, job: dict) -> None:
+        """The per-class IoU of a finished training's best model: ``edgeseg eval`` as a job."""
+        import yaml
+
+        folder = self.root / job["id"]
+        try:
+            spec = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {})["data"]["spec"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return
+        if isinstance(spec, str) and (folder / RUN_DIR / "best").is_dir():
+            self.create("eval", f"evaluate {job['title']}", {}, parent=job["id"], model=str(folder / RUN_DIR / "best"),
+                        spec=spec)
 
 
 def _cmdline(pid: int) -> str:
