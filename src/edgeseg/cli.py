@@ -436,6 +436,22 @@ def demo_command(out_dir: Path = typer.Option(Path("runs/demo"), "--out")) -> No
     run_demo(out_dir, out)
 
 
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; anything but loopback is warned about"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workdir: Path = typer.Option(Path("edgeseg-work"), "--workdir", help="where datasets and jobs are kept"),
+    data_roots: Optional[List[Path]] = typer.Option(None, "--data-root", help="a folder the server may read data "
+                                                                              "from (repeatable)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGESEG_SERVE_TOKEN",
+                                        help="access token every request must carry (?token=, once per browser)"),
+) -> None:
+    """The web application: datasets, training jobs with live curves, explore, test, downloads."""
+    from edgeseg.serve import run_server
+
+    run_server(host, port, workdir, list(data_roots or []), token, lambda line: print(line, file=sys.stderr))
+
+
 @app.command("version")
 def version_command() -> None:
     """Print the edgeseg version."""
