@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from conftest import CAMVID, needs_camvid, random_image, write_image, write_label
 from edgeseg.data.classes import VOC, bit_palette
@@ -244,3 +245,67 @@ def test_cache_returns_the_decoded_samples_without_rereading(tmp_path):
     (root / "trainannot" / ds.samples[1].label.name).unlink()  # gone from disk, still served
     again = ds[1]
     assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
+
+
+def write_channel_folder(root, sizes=((8, 10),) * 5):
+    """images/ (an RGB, a grey 'L', an RGBA and a paletted image, then RGB ones) and labels/ of
+    the given (height, width) sizes; 3 classes."""
+    palette = flat([(10, 200, 30), (250, 0, 90), (5, 5, 5)])
+    for i, (h, w) in enumerate(sizes):
+        rgb = random_image(RNG, h, w)
+        image = [Image.fromarray(rgb), Image.fromarray(rgb).convert("L"), Image.fromarray(rgb).convert("RGBA"),
+                 Image.fromarray(RNG.integers(0, 3, (h, w)).astype(np.uint8), mode="P")][i % 4]
+        if image.mode == "P":
+            image.putpalette(palette)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        image.save(root / "images" / f"c{i}.png")
+        write_label(root / "labels" / f"c{i}.png", RNG.integers(0, 3, (h, w)))
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    return root
+
+
+def test_channels_gray_is_luminance_on_three_channels_and_as_is_keeps_grey(tmp_path):
+    root = write_channel_folder(tmp_path / "f")
+    (root / "d.yaml").write_text("format: folder\nroot: .\nval_fraction: 0.2\nchannels: gray\n")
+    dataset = open_dataset(str(root / "d.yaml"), "train")
+    for index in range(len(dataset)):
+        image, _ = dataset[index]
+        stored = Image.open(dataset.samples[index].image)
+        reference = np.asarray(stored.convert("L"))
+        assert image.shape == (*reference.shape, 3) and image.dtype == np.uint8
+        assert all((image[..., c] == reference).all() for c in range(3))
+    (root / "d.yaml").write_text("format: folder\nroot: .\nval_fraction: 0.2\nchannels: as_is\n")
+    as_is = open_dataset(str(root / "d.yaml"), "train")
+    rgb = open_dataset(f"folder:{root}", "train")
+    for index in range(len(as_is)):
+        stored = Image.open(as_is.samples[index].image)
+        image = as_is[index][0]
+        if stored.mode == "L":  # stays grey: the stored value on all 3 channels
+            assert all((image[..., c] == np.asarray(stored)).all() for c in range(3))
+        else:  # palette / RGBA / RGB: what the model cannot take becomes RGB
+            assert (image == np.asarray(stored.convert("RGB"))).all()
+        assert (rgb[index][0] == np.asarray(stored.convert("RGB"))).all()
+    (root / "d.yaml").write_text("format: folder\nroot: .\nchannels: L\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: bad value for 'channels': Input should be 'rgb', 'gray' or 'as_is'"):
+        parse_spec(str(root / "d.yaml"))
+    (tmp_path / "s.yaml").write_text("format: synthetic\nchannels: gray\n")
+    with pytest.raises(ConfigError, match="channels: a synthetic dataset is generated in RGB"):
+        open_source(str(tmp_path / "s.yaml"))
+
+
+def test_same_shape_names_the_odd_file_in_the_doctor_and_when_opened(tmp_path):
+    from edgeseg.data.doctor import check_dataset
+
+    root = write_channel_folder(tmp_path / "f", sizes=[(8, 10)] * 3 + [(12, 10)] + [(8, 10)] * 2)
+    write_label(root / "labels" / "c5.png", RNG.integers(0, 3, (8, 9)))  # image 10 wide, label 9
+    open_dataset(f"folder:{root}", "train")  # without same_shape: sizes may differ
+    (root / "d.yaml").write_text("format: folder\nroot: .\nval_fraction: 0.2\nsame_shape: true\n")
+    with pytest.raises(DataError, match=r"^\S+/(images/c3\.png: size 10x12|labels/c3\.png: size 10x12|labels/c5\.png: "
+                                        r"size 9x8) differs from the dataset's size 10x8 \(9 files; same_shape: "
+                                        r"true\) \(and 2 more odd files\)$"):
+        open_dataset(str(root / "d.yaml"), "val")
+    report = check_dataset(open_source(str(root / "d.yaml")))
+    problems = [p for split in report.splits for p in split.problems]
+    odd = sorted(p.split(": ")[0] for p in problems if "same_shape: true" in p)
+    assert odd == [str(root / "images" / "c3.png"), str(root / "labels" / "c3.png"), str(root / "labels" / "c5.png")]
+    assert not report.clean

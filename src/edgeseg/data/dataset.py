@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data
 
 from edgeseg.data.classes import ClassInfo
-from edgeseg.data.imageio import LabelCoding, read_image
+from edgeseg.data.imageio import LabelCoding, image_size, read_image
 from edgeseg.errors import DataError
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple]
@@ -82,10 +82,11 @@ class FileDataset(SegmentationDataset):
     """A split of a file-based dataset."""
 
     def __init__(self, samples: list[Sample], coding: LabelCoding, classes: ClassInfo, split: str,
-                 transform: Transform | None = None, cache: bool = False) -> None:
+                 transform: Transform | None = None, cache: bool = False, channels: str = "rgb") -> None:
         super().__init__(classes, split, transform, cache)
         self.samples = samples
         self.coding = coding
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,7 +98,7 @@ class FileDataset(SegmentationDataset):
         sample = self.samples[index]
         if sample.label is None:
             raise DataError(f"{sample.image}: no label file for this image")
-        image = read_image(sample.image)
+        image = read_image(sample.image, self.channels)
         label = self.coding.decode(sample.label)
         if image.shape[:2] != label.shape:
             raise DataError(f"{sample.label}: label size {label.shape[1]}x{label.shape[0]} differs from "
@@ -128,6 +129,8 @@ class FileSource:
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     group_rule: str | None = None  # regex naming a sample's group (edgeseg.data.groups)
+    channels: str = "rgb"  # how images become 3 channels (edgeseg.data.imageio.to_channels)
+    same_shape: bool = False  # every image and label of every split must share one size
 
     def split_names(self) -> list[str]:
         return list(self.splits)
@@ -146,7 +149,37 @@ class FileSource:
                 more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
                 raise DataError(self.problems[0] + more)
             check_exist(samples)
-        return FileDataset(samples, self.coding, self.classes, split, transform, cache)
+            if self.same_shape:
+                odd = odd_sizes(self.splits)
+                if odd:
+                    more = f" (and {len(odd) - 1} more odd files)" if len(odd) > 1 else ""
+                    raise DataError(odd[0][1] + more)
+        return FileDataset(samples, self.coding, self.classes, split, transform, cache, self.channels)
+
+
+def odd_sizes(splits: dict[str, list[Sample]],
+              sizes: dict[Path, tuple[int, int]] | None = None) -> list[tuple[Path, str]]:
+    """For ``same_shape: true``: (file, problem line) for each image or label file whose size differs
+    from the size most files of the dataset share. ``sizes`` (path -> (width, height)) saves reading
+    files again."""
+    sizes = dict(sizes or {})
+    files = [p for samples in splits.values() for s in samples for p in (s.image, s.label) if p is not None]
+    for path in files:
+        if path not in sizes and path.is_file():
+            try:
+                sizes[path] = image_size(path)
+            except DataError:  # unreadable: a problem of its own, found where it is read
+                continue
+    counts: dict[tuple[int, int], int] = {}
+    for path in files:
+        if path in sizes:
+            counts[sizes[path]] = counts.get(sizes[path], 0) + 1
+    if len(counts) < 2:
+        return []
+    common = max(counts, key=counts.get)  # ties: the size seen first
+    return [(path, f"{path}: size {sizes[path][0]}x{sizes[path][1]} differs from the dataset's size {common[0]}x{common[1]} "
+            f"({counts[common]} files; same_shape: true)")
+            for path in files if path in sizes and sizes[path] != common]
 
 
 def check_exist(samples: list[Sample]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeseg.data.dataset import FileDataset, Sample, SegmentationDataset
+from edgeseg.data.dataset import FileDataset, Sample, SegmentationDataset, odd_sizes
 from edgeseg.data.groups import GroupOverlap, group_overlap
 from edgeseg.data.imageio import INVALID, lossy_label_problem, open_image, read_label_raw
 from edgeseg.errors import DataError
@@ -53,12 +53,13 @@ class DoctorReport:
         return not any(s.problems for s in self.splits)
 
 
-def _inspect_file_sample(dataset: FileDataset, sample: Sample) -> tuple[np.ndarray | None, list[str], tuple | None]:
-    """(train-id pixel counts, problems, palette) of one file sample."""
+def _inspect_file_sample(dataset: FileDataset, sample: Sample, sizes: dict) -> tuple[np.ndarray | None, list[str], tuple | None]:
+    """(train-id pixel counts, problems, palette) of one file sample; the (width, height) of
+    its readable files go into ``sizes``."""
     problems = []
     image_size = None
     try:
-        image_size = open_image(sample.image).size
+        image_size = sizes[sample.image] = open_image(sample.image).size
     except DataError as err:
         problems.append(str(err))
     if sample.label is None:
@@ -68,6 +69,7 @@ def _inspect_file_sample(dataset: FileDataset, sample: Sample) -> tuple[np.ndarr
     except DataError as err:
         return None, problems + [str(err)], None
     h, w = raw.shape
+    sizes[sample.label] = (w, h)
     if image_size is not None and image_size != (w, h):
         problems.append(f"{sample.label}: label size {w}x{h} differs from image {sample.image.name} "
                         f"size {image_size[0]}x{image_size[1]}")
@@ -116,8 +118,10 @@ class PaletteCheck:
                 f"vs {tuple(b[3 * index:3 * index + 3])}); the same class is shown in two colours")
 
 
-def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: int = 2) -> SplitReport:
-    """Inspect every sample of one split."""
+def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: int = 2,
+                sizes: dict | None = None) -> SplitReport:
+    """Inspect every sample of one split (file sizes seen go into ``sizes``)."""
+    sizes = {} if sizes is None else sizes
     report = SplitReport(dataset.split, len(dataset))
     if isinstance(dataset, FileDataset):
         missing = [p for s in dataset.samples for p in (s.image, s.label) if p is not None and not p.is_file()]
@@ -125,7 +129,7 @@ def check_split(dataset: SegmentationDataset, palettes: PaletteCheck, threads: i
         missing_set = set(missing)
         samples = [s for s in dataset.samples if s.image not in missing_set and s.label not in missing_set]
         with ThreadPoolExecutor(threads) as pool:
-            results = list(track(pool.map(lambda s: _inspect_file_sample(dataset, s), samples), len(samples),
+            results = list(track(pool.map(lambda s: _inspect_file_sample(dataset, s, sizes), samples), len(samples),
                                  f"checking {dataset.split}"))
         names = [str(s.label) for s in samples]
     else:
@@ -151,10 +155,16 @@ def check_dataset(source, splits: list[str] | None = None) -> DoctorReport:
     reports = []
     problems_before = list(getattr(source, "problems", []))
     palettes = PaletteCheck(source.classes.num_classes)
+    sizes: dict = {}
     for split in names:
-        reports.append(check_split(source.dataset(split, check_files=False), palettes))
+        reports.append(check_split(source.dataset(split, check_files=False), palettes, sizes=sizes))
     if problems_before and reports:
         reports[0].problems[:0] = problems_before
+    if getattr(source, "same_shape", False):
+        odd = dict(odd_sizes({split: source.splits[split] for split in names}, sizes))
+        for report in reports:
+            files = [p for smp in source.splits[report.split] for p in (smp.image, smp.label) if p in odd]
+            report.problems += [odd.pop(p) for p in files if p in odd]
     classes = source.classes
     return DoctorReport(source.spec, classes.names, classes.ignore_index, classes.ignore_name, reports,
                         list(getattr(source, "notes", [])), train_val_overlap(source))

@@ -67,12 +67,42 @@ def upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array."""
-    img = open_image(Path(path))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img)
+CHANNELS = ("rgb", "gray", "as_is")
+GRAY_MODES = ("L", "1")
+
+
+def to_channels(img: Image.Image, channels: str = "rgb") -> np.ndarray:
+    """An (H, W, 3) uint8 array, as every model takes three channels.
+
+    rgb: converted to RGB. gray: luminance (PIL's convert('L'), ITU-R 601-2) copied to all
+    three channels, so the colour is gone. as_is: the file's pixels as stored; a grey file
+    stays grey (copied to three channels), only what a model cannot take (palette, alpha,
+    CMYK, ...) becomes RGB.
+    """
+    if channels == "gray":
+        return np.repeat(np.asarray(img.convert("L"))[..., None], 3, axis=2)
+    if channels == "as_is" and img.mode in GRAY_MODES:
+        return np.repeat(np.asarray(img, dtype=np.uint8)[..., None], 3, axis=2) * (255 if img.mode == "1" else 1)
+    if channels not in CHANNELS:
+        raise DataError(f"channels: '{channels}' is not one of {', '.join(CHANNELS)}")
+    return np.array(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def read_image(path: str | Path, channels: str = "rgb") -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 array (see ``to_channels``)."""
+    return to_channels(open_image(Path(path)), channels)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image as shown (EXIF orientation applied), from its header when it
+    can; a file that is not a readable image is the DataError ``open_image`` gives."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        return (height, width) if turned else (width, height)
+    except Exception:
+        return open_image(Path(path)).size
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,13 @@ class DatasetConfig(StrictModel):
     split_seed: int = 0
     allow_lossy_labels: bool = Field(
         False, description="accept JPEG label files (lossy: class ids blur at edges; the doctor still warns)")
+    channels: Literal["rgb", "gray", "as_is"] = Field(
+        "rgb", description="how images become the 3 channels every model takes: rgb converts to RGB; gray takes "
+                           "the luminance (PIL's 'L') and copies it to all 3 channels; as_is keeps the stored "
+                           "pixels, turning only palette/alpha/CMYK images into RGB (a grey file stays grey)")
+    same_shape: bool = Field(
+        False, description="every image and label must share one size: the doctor names each odd file, and "
+                           "opening the dataset fails on the first")
     label_set: Literal["trainid", "jacinto5"] = Field("trainid", description="cityscapes: 19 classes or jacinto's 5")
     num_images: int = Field(64, ge=1, description="synthetic: training images (val and test get a quarter)")
     height: int = Field(240, ge=32)
@@ -138,6 +145,11 @@ def open_source(spec: str | DatasetConfig) -> DatasetSource:
     source = OPENERS[config.format](config)
     if hasattr(source, "group_rule"):
         source.group_rule = group_rule(config)
+    if hasattr(source, "channels"):
+        source.channels, source.same_shape = config.channels, config.same_shape
+    elif config.channels != "rgb":
+        raise ConfigError(f"channels: a {config.format} dataset is generated in RGB; '{config.channels}' "
+                          f"applies to datasets read from files")
     if config.holdout_group is not None:
         source = _with_held_out_group(source, config)
     if isinstance(spec, str):

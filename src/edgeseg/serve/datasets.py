@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgeseg.data.imageio import CHANNELS
 from edgeseg.data.spec import DatasetConfig, ListPair, open_source, parse_spec
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.fileio import atomic_write_json, atomic_write_text
@@ -35,6 +36,8 @@ class FolderForm:
     classes_file: str = ""
     colormap: str = "label_image"      # label_image | text_file
     colormap_file: str = ""
+    channels: str = "rgb"              # rgb | gray | as_is (DIGITS' RGB / L / none)
+    same_shape: str = "no"             # yes | no
 
 
 class DatasetStore:
@@ -122,6 +125,12 @@ class DatasetStore:
             if not 0 < percent < 100:
                 raise ConfigError(f"% for validation: {percent} must lie between 0 and 100 (exclusive)")
             config["val_fraction"] = percent / 100
+        if form.channels not in CHANNELS:
+            raise ConfigError("channel conversion: choose RGB, grayscale (L) or none (as stored)")
+        if form.same_shape not in ("yes", "no"):
+            raise ConfigError("enforce same shape: choose yes or no")
+        config["channels"] = form.channels
+        config["same_shape"] = form.same_shape == "yes"
         classes = self.guard.resolve(form.classes_file, "class labels file") if form.classes_file.strip() else None
         colormap = None
         if form.colormap == "text_file":

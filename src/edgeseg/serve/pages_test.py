@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from PIL import Image
 
+from edgeseg.data.imageio import list_images, read_image
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.layout import BEST_DIR, BUNDLE_MODEL, CONFIG_NAME
 from edgeseg.serve.jobs import PIPELINE_DIR, RUN_DIR
@@ -128,13 +129,21 @@ def add_routes(app: FastAPI, server) -> None:
             results = []
             source = form.get("source", "upload")
             if source == "upload":
-                upload = data.get("image")
-                if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
-                    raise ConfigError("image: choose a file to upload")
-                payload = await upload.read(MAX_UPLOAD + 1)
-                if len(payload) > MAX_UPLOAD:
-                    raise ConfigError(f"image: larger than {MAX_UPLOAD // 2**20} MB")
-                results.append(predict_one(model, decode_upload(payload), upload.filename or "upload", None, None, form))
+                uploads = [u for u in data.getlist("image") if hasattr(u, "read") and u.filename]
+                if not uploads:
+                    raise ConfigError("image: choose one or more files to upload")
+                if len(uploads) > MAX_MANY:
+                    raise ConfigError(f"image: {len(uploads)} files chosen; at most {MAX_MANY} at once")
+                for upload in uploads:
+                    name = upload.filename or "upload"
+                    results.append(predict_one(model, decode_upload(await read_upload(upload, name), name),
+                                               name, None, None, form))
+            elif source == "list":
+                upload = data.get("list_file")
+                if not hasattr(upload, "read"):
+                    raise ConfigError("list file: choose a text file with one image path per line")
+                for path in listed_paths(await read_upload(upload, "list file"), server.guard):
+                    results.append(predict_one(model, read_image(path), path.name, None, None, form))
             elif source in ("dataset", "dataset_many"):
                 source_data = server.datasets.source(form.get("dataset", ""))
                 dataset = source_data.dataset(form.get("split", "val"), check_files=False)
@@ -146,10 +155,10 @@ def add_routes(app: FastAPI, server) -> None:
                     rgb, truth = dataset.read(index)
                     results.append(predict_one(model, rgb, dataset.sample_name(index), truth, source_data.classes, form))
             elif source == "folder":
-                from edgeseg.data.imageio import list_images, read_image
-
                 folder = server.guard.resolve(form.get("folder", ""), "folder")
-                paths = list_images(folder) if folder.is_dir() else [folder]
+                paths = (list_images(folder) if folder.is_dir() else
+                         listed_paths(folder.read_bytes()[:MAX_UPLOAD], server.guard) if folder.suffix == ".txt"
+                         else [folder])
                 if not paths:
                     raise ConfigError(f"folder: no images in {folder}")
                 for path in paths[:MAX_MANY]:
@@ -193,17 +202,45 @@ def add_routes(app: FastAPI, server) -> None:
                         headers={"Content-Disposition": f'attachment; filename="{job_id}-{path.name}.zip"'})
 
 
-def decode_upload(payload: bytes) -> np.ndarray:
+async def read_upload(upload, what: str) -> bytes:
+    payload = await upload.read(MAX_UPLOAD + 1)
+    if len(payload) > MAX_UPLOAD:
+        raise ConfigError(f"{what}: larger than {MAX_UPLOAD // 2**20} MB")
+    return payload
+
+
+def listed_paths(text: bytes, guard) -> list[Path]:
+    """The image paths of a list file (one per line; blank lines and '#' comments skipped), each
+    through the path guard (relative paths are taken from the workdir)."""
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError("list file: not UTF-8 text (one image path per line)") from None
+    entries = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise ConfigError("list file: no image paths in it")
+    if len(entries) > MAX_MANY:
+        raise ConfigError(f"list file: {len(entries)} paths; at most {MAX_MANY} at once")
+    paths = []
+    for number, entry in entries:
+        path = guard.resolve(entry, f"list file line {number}")
+        if not path.is_file():
+            raise ConfigError(f"list file line {number}: '{entry}' is not a file")
+        paths.append(path)
+    return paths
+
+
+def decode_upload(payload: bytes, name: str = "image") -> np.ndarray:
     """An uploaded image as (H, W, 3) uint8 RGB; anything PIL cannot read is a ConfigError."""
     from edgeseg.data.imageio import upright
 
     try:
         image = Image.open(io.BytesIO(payload))
         if image.width * image.height > 40_000_000:
-            raise ConfigError("image: more than 40 megapixels")
+            raise ConfigError(f"{name}: more than 40 megapixels")
         return np.array(upright(image).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError):
-        raise ConfigError("image: not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
+        raise ConfigError(f"{name}: not an image file PIL can read (PNG, JPEG, BMP, ...)") from None
 
 
 def _int(text: str, what: str) -> int:
