@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import write_tiny_folders
@@ -127,6 +128,25 @@ def test_broken_dataset_shows_the_doctors_problems(served):
     assert "im01.png" in problems and "im02.png" in problems
 
 
+def test_folder_form_writes_channels_and_same_shape(served):
+    client, root, _ = served
+    data = root / "data"
+    form = {"mode": "folders", "name": "gray", "image_folder": str(data / "images"),
+            "label_folder": str(data / "labels"), "val_mode": "percent", "val_percent": "20",
+            "classes_file": str(data / "classes.txt"), "colormap": "label_image", "channels": "gray",
+            "same_shape": "yes"}
+    bad = client.post("/datasets/new", data={**form, "channels": "cmyk"})
+    assert bad.status_code == 400 and "channel conversion: choose RGB" in bad.text
+    assert not (root / "work" / "datasets" / "gray").exists()
+    response = client.post("/datasets/new", data=form, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    config = yaml.safe_load((root / "work" / "datasets" / "gray" / "dataset.yaml").read_text())
+    assert config["channels"] == "gray" and config["same_shape"] is True
+    thumb = client.get("/datasets/gray/thumb/train/0/image.png")
+    pixels = np.asarray(Image.open(io.BytesIO(thumb.content)).convert("RGB"))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
 def test_model_form_errors_stand_beside_their_fields(served):
     client, _, _ = served
     response = client.post("/models/new", data={**MODEL_FORM, "dataset": "tiny", "epochs": "0", "lr": "fast",
@@ -189,6 +209,24 @@ def test_test_one_and_many(served):
                                       "index": "0", "count": "5", "colormap": "none", "resize": "none"})
     assert many.status_code == 200
     assert many.text.count('<td class="miou">') == 2  # the val split holds 2 images
+    uploads = [("image", (f"im0{i}.png", (root / "data" / "images" / f"im0{i}.png").read_bytes(), "image/png"))
+               for i in (1, 2, 3)]
+    several = client.post("/test", data={"model": model, "source": "upload", "colormap": "dataset",
+                                         "resize": "none"}, files=uploads)
+    assert several.status_code == 200 and several.text.count("data:image/png;base64,") == 3 * 3
+    assert all(f"<td>im0{i}.png</td>" in several.text for i in (1, 2, 3))
+    listed = f"# two images\n{root / 'data' / 'images' / 'im04.png'}\n\n../data/images/im05.png\n"
+    from_list = client.post("/test", data={"model": model, "source": "list", "colormap": "dataset",
+                                           "resize": "none"}, files={"list_file": ("l.txt", listed, "text/plain")})
+    assert from_list.status_code == 200 and from_list.text.count("data:image/png;base64,") == 2 * 3
+    assert "<td>im04.png</td>" in from_list.text and "<td>im05.png</td>" in from_list.text
+    (root / "data" / "l.txt").write_text(listed)
+    by_path = client.post("/test", data={"model": model, "source": "folder", "folder": str(root / "data" / "l.txt"),
+                                         "colormap": "dataset", "resize": "none"})
+    assert by_path.status_code == 200 and by_path.text.count("data:image/png;base64,") == 2 * 3
+    escape = client.post("/test", data={"model": model, "source": "list"},
+                         files={"list_file": ("l.txt", "images/../../../etc/passwd\n", "text/plain")})
+    assert escape.status_code == 400 and "list file line 1" in escape.text and "outside the workdir" in escape.text
     assert client.post("/test", data={"model": "../../etc", "source": "upload"}).status_code == 400
 
 
