@@ -303,3 +303,25 @@ def test_weight_average_is_what_the_engine_evaluates_and_saves(tmp_path):
     assert not all(torch.equal(raw[k], average[k]) for k in raw)
     with pytest.raises(ConfigError, match="weight_average"):
         load_train_config(None, ["weight_average=0.99", "sparsity.sparsity_target=0.5"])
+
+
+def test_a_gray_dataset_trains_a_model_that_sees_colour_input_as_grey(tmp_path):
+    import numpy as np
+
+    from conftest import write_tiny_folders
+    from edgeseg.predict.predictors import TorchPredictor, label_map, model_input
+
+    data = write_tiny_folders(tmp_path / "data", count=6)
+    (data / "d.yaml").write_text("format: folder\nroot: .\nval_fraction: 0.34\nchannels: gray\n")
+    result = train(load_train_config(None, [f"data.spec={data / 'd.yaml'}", "model.name=basic_encdec",
+                                            "model.args={width: 4}", "augment.crop=[32,32]", "batch_size=2",
+                                            "epochs=1", "data.num_workers=0", f"runs_dir={tmp_path}",
+                                            "tensorboard=false"]), log=lambda _: None)
+    predictor = TorchPredictor.from_dir(result.run_dir / "best", torch.device("cpu"))
+    assert predictor.config.input_channels == "gray"
+    colour = np.array(Image.open(data / "images" / "im00.png").convert("RGB"))
+    grey = np.repeat(np.asarray(Image.open(data / "images" / "im00.png").convert("L"))[..., None], 3, axis=2)
+    assert torch.equal(model_input(predictor, colour), model_input(predictor, grey))
+    assert (label_map(predictor, colour) == label_map(predictor, grey)).all()
+    predictor.config.input_channels = "rgb"
+    assert not torch.equal(model_input(predictor, colour), model_input(predictor, grey))

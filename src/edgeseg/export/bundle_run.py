@@ -49,6 +49,7 @@ class Segmenter:
             self.height, self.width = meta["input_size"]
             self.mean = np.asarray(meta["mean"], np.float32).reshape(3, 1, 1)
             self.std = np.asarray(meta["std"], np.float32).reshape(3, 1, 1)
+            self.gray = str(meta.get("input_channels", "rgb")).startswith("gray")
             self.classes = meta["classes"]
             self.palette = meta["label_palette"]
             self.colours = np.asarray(self.palette, np.uint8).reshape(256, 3)
@@ -60,6 +61,8 @@ class Segmenter:
         h, w = rgb.shape[:2]
         if h > self.height or w > self.width:
             raise SystemExit(f"error: image {h}x{w} is larger than the model's input {self.height}x{self.width}")
+        if self.gray:  # trained on luminance on all 3 channels: PIL's convert('L'), as in training
+            rgb = np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
         padded = np.zeros((1, 3, self.height, self.width), np.float32)
         padded[0, :, :h, :w] = (rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0) - self.mean) / self.std
         return padded

@@ -208,6 +208,8 @@ def _metadata(config, int8: bool, size: tuple[int, int] | None) -> dict:
             "ignore_index": config.ignore_index, "label_palette": config.class_info().flat_palette(),
             "precision": "int8" if int8 else "fp32", "quantization": config.quantization.model_dump(mode="json") if config.quantization else None,
             "input_layout": "NCHW float32", "colour_order": "RGB",
+            "input_channels": config.input_channels + (" (luminance 0.299 R + 0.587 G + 0.114 B on all 3 channels, "
+                                                       "PIL's convert('L'))" if config.input_channels == "gray" else ""),
             "scaling": f"pixel / 255, then (x - mean) / std per channel, mean ({mean}), std ({std})",
             "padding": f"zeros after scaling (the mean colour) at the bottom and right up to {target}; "
                        f"crop the logits back",

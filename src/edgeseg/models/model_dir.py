@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
@@ -53,6 +53,9 @@ class ModelConfig(StrictModel):
     ignore_index: int = 255
     mean: tuple[float, float, float]
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+    input_channels: Literal["rgb", "gray"] = Field(
+        "rgb", description="gray: trained on luminance copied to 3 channels (dataset channels: gray); "
+                           "predictors turn colour input grey the same way")
     input_size: tuple[PositiveInt, PositiveInt] = Field(description="(height, width) the model is meant to run at")
     output_stride: int = Field(1, ge=1)
     batchnorm_folded: bool = Field(False, description="BatchNorms merged into convs (edgeseg fold-bn)")
@@ -97,7 +100,8 @@ class LoadedModel:
 
 
 def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int, int],
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, history: list | None = None) -> ModelConfig:
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, history: list | None = None,
+                     input_channels: str = "rgb") -> ModelConfig:
     """The config.json content for a model built by ``create_model``."""
     arch = getattr(model, "arch", None)
     if arch is None:
@@ -107,7 +111,7 @@ def model_config_for(model: nn.Module, classes: ClassInfo, input_size: tuple[int
     return ModelConfig(
         architecture=arch["name"], num_classes=arch["num_classes"], arguments=arch["kwargs"],
         classes=list(classes.names), palette=[tuple(c) for c in classes.palette],
-        ignore_index=classes.ignore_index, mean=tuple(mean), std=tuple(std),
+        ignore_index=classes.ignore_index, mean=tuple(mean), std=tuple(std), input_channels=input_channels,
         input_size=tuple(input_size), output_stride=getattr(model, "output_stride", 1),
         widths=dict(getattr(model, "widths", None) or {}), history=list(history or []),
         auxiliary_heads=not getattr(model, "auxiliary_dropped", False))

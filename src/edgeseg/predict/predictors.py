@@ -14,8 +14,10 @@ import numpy as np
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from edgeseg.data.classes import ClassInfo
+from edgeseg.data.imageio import to_channels
 from edgeseg.data.transforms import Normalize
 from edgeseg.errors import ModelError
 from edgeseg.layout import BUNDLE_MODEL, CONFIG_NAME
@@ -51,6 +53,8 @@ def model_input(predictor: Predictor, rgb: np.ndarray) -> torch.Tensor:
     that ``predictor.logits`` pads nothing more (this step can run on another thread)."""
     h, w = rgb.shape[:2]
     ph, pw = predictor.padded_size(h, w)
+    if predictor.config.input_channels == "gray":
+        rgb = to_channels(Image.fromarray(rgb), "gray")
     normalised = predictor.normalize.image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1))
     padded = torch.zeros(1, 3, max(ph, h), max(pw, w))
     padded[0, :, :h, :w] = normalised

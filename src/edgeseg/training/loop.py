@@ -96,10 +96,11 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     input_size = tuple(config.augment.crop) if config.augment.crop else tuple(val_set.read(0)[1].shape)
     spec = config.data.spec if isinstance(config.data.spec, str) else None
     stage = {"stage": "train", "config": config.name, "data": spec}
+    channels = "gray" if getattr(val_set, "channels", "rgb") == "gray" else "rgb"
     if config.model.init_from is None:
         model = create_model(config.model.name, classes.num_classes, **config.model.args)
         mean, std = input_normalization(config, getattr(model, "input_normalization", None))
-        model_config = model_config_for(model, classes, input_size, mean, std, [stage])
+        model_config = model_config_for(model, classes, input_size, mean, std, [stage], channels)
         return attach_training_quantizers(config, model, model_config), model_config
     loaded = load_model_dir(config.model.init_from)
     if loaded.config.num_classes != classes.num_classes:
@@ -107,7 +108,7 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
                           f"but the dataset has {classes.num_classes}")
     mean, std = input_normalization(config, (loaded.config.mean, loaded.config.std))
     model_config = model_config_for(loaded.model, classes, loaded.config.input_size, mean, std,
-                                    [*loaded.config.history, stage])
+                                    [*loaded.config.history, stage], channels)
     model_config.batchnorm_folded = loaded.config.batchnorm_folded
     model_config.quantization = loaded.config.quantization
     return attach_training_quantizers(config, loaded.model.train(), model_config), model_config
