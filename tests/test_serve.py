@@ -145,6 +145,16 @@ def test_folder_form_writes_channels_and_same_shape(served):
     thumb = client.get("/datasets/gray/thumb/train/0/image.png")
     pixels = np.asarray(Image.open(io.BytesIO(thumb.content)).convert("RGB"))
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    odd = write_tiny_folders(data / "odd", count=4)
+    Image.fromarray(np.zeros((40, 32, 3), np.uint8)).save(odd / "images" / "im01.png")
+    response = client.post("/datasets/new", follow_redirects=False, data={
+        **form, "name": "odd", "image_folder": str(odd / "images"), "label_folder": str(odd / "labels"),
+        "channels": "rgb"})
+    assert response.status_code == 303, response.text
+    doctor = client.get("/api/jobs").json()["jobs"][0]
+    assert doctor["kind"] == "doctor" and wait_for(client, doctor["id"])["state"] == "done"
+    problems = client.get("/datasets/odd").text.split('<ul class="problems">')[1]
+    assert "odd/train/images/im01.png: size 32x40 differs from the dataset&#39;s size 32x32" in problems  # via its link
 
 
 def test_model_form_errors_stand_beside_their_fields(served):
