@@ -130,7 +130,7 @@ def test_tutorial_end_to_end(tmp_path, browser_page):
                                "document.querySelectorAll('#epochs tbody tr').length == 60", timeout=240_000)
         assert f"after epoch {stopped}" in page.inner_text("#log")
         page.screenshot(path=screens / "07-job-done.png", full_page=True)
-        # test one uploaded image, then many from the dataset
+        # test one uploaded image, then many from the dataset, then several uploads
         page.click("text=test it")
         page.set_input_files("input[name=image]", str(data / "images" / "im04.png"))
         page.check("input[name=source][value=upload]")
@@ -145,6 +145,12 @@ def test_tutorial_end_to_end(tmp_path, browser_page):
         mious = [float(t) for t in page.locator("#results td.miou").all_inner_texts()]
         assert len(mious) == 8 and min(mious) > 0.3
         page.screenshot(path=screens / "09-test-many.png", full_page=True)
+        page.set_input_files("input[name=image]", [str(data / "images" / f"im0{i}.png") for i in (5, 6, 7)])
+        page.check("input[name=source][value=upload]")
+        with page.expect_navigation():
+            page.click("#run-test")
+        assert page.locator("#results tr").count() == 4  # the header and the three uploads
+        page.screenshot(path=screens / "09b-test-many-uploads.png", full_page=True)
         # export the bundle, download it and run it
         page.goto(job_url)
         page.click("#export-bundle")
