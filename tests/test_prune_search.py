@@ -117,3 +117,17 @@ def test_prune_command_with_a_macs_target_writes_and_reuses_its_scan(tmp_path):
     assert "target_macs: 0.001 is out of reach" in error_line(unreachable)
     both = run_cli(*args[:4], "--target-macs", "0.5", "--keep", "0.5")
     assert "give keep or a target" in error_line(both)
+
+
+def test_channel_multiple_rounds_every_cut_layer_and_the_estimate_follows():
+    model = create_model("swiftnet", 11, width=0.5, decoder=64).eval()
+    plan = plan_pruning(model, 0.718, multiple=8)
+    pruned = pruned_copy(model, "l1", set(), {key: 0.718 for key in scope_sizes(plan)}, multiple=8)
+    before = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    after = {name: m.out_channels for name, m in pruned.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    cut = {name: (before[name], width) for name, width in after.items() if width != before[name]}
+    assert cut and all(width % 8 == 0 for _, width in cut.values())
+    assert all(width == max(8, round(int(n * 0.718) / 8) * 8) for n, width in cut.values())  # 64 -> 48, 128 -> 88
+    estimate = MacsEstimate(plan_pruning(model, 1.0), profile_model(model, SIZE), multiple=8)
+    keeps = {key: 0.718 for key in scope_sizes(plan)}
+    assert estimate.macs(keeps) == profile_model(pruned, SIZE).macs

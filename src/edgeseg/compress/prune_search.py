@@ -90,7 +90,7 @@ def subset_miou(model: nn.Module, config: ModelConfig, images: list[tuple[torch.
 
 
 def scan_sensitivity(model: nn.Module, config: ModelConfig, images: list, ratios: list[float], criterion: str,
-                     skip: set[str], log: Callable[[str], None] = print) -> Sensitivity:
+                     skip: set[str], log: Callable[[str], None] = print, multiple: int = 1) -> Sensitivity:
     """Cut each scope alone to each ratio (soft, so shapes stay) and score the subset."""
     model = copy.deepcopy(model).eval()
     plan = plan_pruning(model, 1.0, criterion, skip)
@@ -103,7 +103,7 @@ def scan_sensitivity(model: nn.Module, config: ModelConfig, images: list, ratios
     for number, key in enumerate(sizes, 1):
         scanned[key] = []
         for ratio in ratios:
-            plan.kept = kept_units(plan.scopes, 1.0, {key: ratio})
+            plan.kept = kept_units(plan.scopes, 1.0, {key: ratio}, multiple)
             soft_prune(plan)
             scanned[key].append(subset_miou(model, config, images))
             model.load_state_dict(whole)
@@ -117,8 +117,8 @@ class MacsEstimate:
     profile: each conv's MACs scale with its kept output channels and (unless depth-wise, where
     the groups shrink with the channels) its kept input channels."""
 
-    def __init__(self, plan: PrunePlan, dense: ModelProfile) -> None:
-        self.plan = plan
+    def __init__(self, plan: PrunePlan, dense: ModelProfile, multiple: int = 1) -> None:
+        self.plan, self.multiple = plan, multiple
         self.dense = dense.macs
         roots = {}
         for step, out in zip(plan.steps, plan.outputs):
@@ -137,7 +137,7 @@ class MacsEstimate:
 
     def macs(self, keeps: dict[str, float]) -> int:
         mask = np.zeros(self.size, dtype=bool)
-        mask[list(kept_units(self.plan.scopes, 1.0, keeps))] = True
+        mask[list(kept_units(self.plan.scopes, 1.0, keeps, self.multiple))] = True
         total = 0.0
         for macs, out, ins in self.layers:
             fraction = 1.0 if out is None else mask[out].mean()
@@ -252,8 +252,9 @@ def allocate_latency(estimate: MacsEstimate, sensitivity: Sensitivity, sizes: di
     return allocation, measured[chosen]
 
 
-def pruned_copy(model: nn.Module, criterion: str, skip: set[str], keeps: dict[str, float]) -> nn.Module:
+def pruned_copy(model: nn.Module, criterion: str, skip: set[str], keeps: dict[str, float],
+                multiple: int = 1) -> nn.Module:
     """A hard-pruned copy of ``model`` under per-scope ``keeps`` (the rest whole)."""
     pruned = copy.deepcopy(model)
-    hard_prune(pruned, plan_pruning(pruned, 1.0, criterion, skip, keeps))
+    hard_prune(pruned, plan_pruning(pruned, 1.0, criterion, skip, keeps, multiple))
     return pruned

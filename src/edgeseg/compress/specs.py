@@ -28,6 +28,8 @@ class PruneConfig(StrictModel):
                                                               "them) whose filters are all kept")
     soft: bool = Field(False, description="zero the pruned filters (and their BatchNorm scale and shift) "
                                           "instead of removing them, to evaluate a cut before committing")
+    channel_multiple: int = Field(1, ge=1, description="round each layer's kept filters to the nearest multiple "
+                                                       "(8 suits CPU kernels; 1: ICNet's int(n x keep))")
     target_macs: float | None = Field(
         None, gt=0, lt=1, description="instead of keep: the fraction of the model's MACs to keep, shared out per "
                                       "layer group by a sensitivity scan on val images (least predicted loss)")

@@ -28,7 +28,7 @@ from edgeseg.plots import prune_sensitivity
 def _fingerprint(source: Path, config: PruneConfig, data: str, split: str) -> str:
     digest = hashlib.sha256((source / WEIGHTS_NAME).read_bytes())
     digest.update(json.dumps([config.criterion, sorted(config.skip), config.scan_ratios, config.scan_images, data,
-                              split]).encode())
+                              split, config.channel_multiple]).encode())
     return digest.hexdigest()
 
 
@@ -54,13 +54,14 @@ def search_allocation(source: Path, config: PruneConfig, out: Path, data: str | 
     sensitivity = _cached_scan(out, fingerprint)
     if sensitivity is None:
         images = labelled_images(source, data, split, config.scan_images)
-        sensitivity = scan_sensitivity(model, loaded.config, images, config.scan_ratios, config.criterion, skip, log)
+        sensitivity = scan_sensitivity(model, loaded.config, images, config.scan_ratios, config.criterion, skip, log,
+                                       config.channel_multiple)
         sensitivity.fingerprint = fingerprint
     else:
         log(f"prune scan: reusing {out / PRUNE_SCAN_JSON} (same model, data and scan settings)")
     plan = plan_pruning(model, 1.0, config.criterion, skip)
     size = padded_size(loaded.config)
-    estimate = MacsEstimate(plan, profile_model(model, size))
+    estimate = MacsEstimate(plan, profile_model(model, size), config.channel_multiple)
     sizes = scope_sizes(plan)
     metrics = {"scan_images": sensitivity.images, "scan_base_miou": sensitivity.base_miou}
     if config.target_macs is not None:
@@ -69,7 +70,8 @@ def search_allocation(source: Path, config: PruneConfig, out: Path, data: str | 
         log(f"prune: searching for {config.target_latency_ms:g} ms (fp32 ONNX Runtime at {size[0]}x{size[1]})")
         allocation, latency = allocate_latency(
             estimate, sensitivity, sizes, config.target_latency_ms,
-            lambda keeps: onnx_latency_ms(pruned_copy(model, config.criterion, skip, keeps), size), log)
+            lambda keeps: onnx_latency_ms(pruned_copy(model, config.criterion, skip, keeps, config.channel_multiple),
+                                          size), log)
         metrics["measured_latency_ms"] = latency
     metrics.update(predicted_miou_loss=allocation.predicted_loss, estimated_macs_fraction=allocation.macs_fraction)
     log(f"prune: {len(allocation.keeps)} of {len(sizes)} layer groups cut, {allocation.macs_fraction:.3f} of the "
