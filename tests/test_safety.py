@@ -318,7 +318,7 @@ def test_resume_from_last_old_after_a_kill_between_the_renames(finished_run, tmp
     loop.train(resume_config(run, None, ["epochs=1"]), resume_dir=run, log=lines.append)
     assert f"{run}: restored last/ from last.old/ (the run stopped while replacing it)" in lines
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("tb")) == \
-        ["best", "config.yaml", "confusion.png", "curves.png", "last", "metrics.csv"]
+        ["best", "config.yaml", "confusion.png", "curves.png", "finished.json", "last", "metrics.csv"]
 
 
 def test_pipeline_settings_check_covers_report_split_and_ignores_stages_that_did_no_work(tmp_path):

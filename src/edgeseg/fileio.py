@@ -3,6 +3,8 @@ and the output guard: no command replaces what it did not make."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import struct
@@ -61,6 +63,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_csv(path: str | Path, rows: Iterable[dict], fields: list[str]) -> Path:
+    """A CSV with a header of ``fields`` and one line per row, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV with a header (text values); none when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def atomic_replace_dir(build: Callable[[Path], None], final: str | Path) -> Path:

@@ -10,8 +10,6 @@ bounds the wait.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ import torch
 from edgeseg.data.spec import open_dataset
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluation import evaluate
-from edgeseg.fileio import atomic_write_text, check_output, mark_output
+from edgeseg.fileio import atomic_write_csv, check_output, mark_output, read_csv_rows
 from edgeseg.layout import CHECKPOINT_PREFIX, CHECKPOINTS_DIR, EVAL_CSV, EVAL_DIR, RUN_CONFIG, RUN_END, TRAIN_STATE
 from edgeseg.predict.predictors import TorchPredictor, with_pad_to_shape
 from edgeseg.training.config import load_train_config
@@ -67,7 +65,7 @@ def watch_run(run_dir: Path, *, follow: bool, eval_dir: Path | None = None, data
     eval_dir.mkdir(parents=True, exist_ok=True)
     mark_output(eval_dir, "eval", [EVAL_CSV])
     dataset = open_dataset(data if data is not None else config.data.spec, split or config.data.val_split)
-    rows = _read_rows(eval_dir / EVAL_CSV)
+    rows = read_csv_rows(eval_dir / EVAL_CSV)
     done = {row["checkpoint"] for row in rows}
     if done:
         log(f"{eval_dir}: {len(done)} checkpoints already evaluated there")
@@ -84,7 +82,7 @@ def watch_run(run_dir: Path, *, follow: bool, eval_dir: Path | None = None, data
                 if row is not None:
                     rows.append(row)
                     evaluated.append(path.name)
-                    _write_rows(eval_dir / EVAL_CSV, rows)
+                    atomic_write_csv(eval_dir / EVAL_CSV, rows, EVAL_FIELDS)
             if not follow:
                 return WatchResult(eval_dir, evaluated, "all evaluated")
             if end is not None:
@@ -124,16 +122,3 @@ def _run_end(run_dir: Path) -> str | None:
         return "ended"
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EVAL_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import random
 import time
@@ -26,7 +24,7 @@ from edgeseg.data.spec import open_source
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainTransform
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluation import evaluate
-from edgeseg.fileio import atomic_write_text
+from edgeseg.fileio import atomic_write_csv, atomic_write_text, read_csv_rows
 from edgeseg.predict.predictors import TorchPredictor
 from edgeseg.models import ModelConfig, create_model, load_model_dir, model_config_for, save_model_dir
 from edgeseg.models.model_dir import flush_subnormals_
@@ -184,18 +182,11 @@ def training_memory_format(config: TrainConfig, cuda: bool) -> torch.memory_form
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, rows, CSV_FIELDS)
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv_rows(path)
 
 
 class TrainingDiverged(EdgesegError):
@@ -312,7 +303,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     heads = head_weights(model, config.loss.head_weights)
     if len(heads) > 1:
         log("loss: " + " + ".join(f"{weight:g} x {name}" for name, weight in heads.items()))
-    distiller = (Distiller(config.distill, classes, config.data.mean, config.data.std, device)
+    distiller = (Distiller(config.distill, classes, model_config.mean, model_config.std, device)
                  if config.distill else None)
 
     run_dir = resume_dir or new_run_dir(config.runs_dir, config.name)
