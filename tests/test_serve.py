@@ -305,3 +305,20 @@ def test_serve_command_checks_its_options():
     assert not is_local("0.0.0.0") and not is_local("192.168.1.5")
     result = run_cli_here("serve", "--data-root", "/no/such/folder")
     assert result.returncode == 2 and "--data-root /no/such/folder: folder not found" in result.stderr
+
+
+def test_a_taken_port_or_a_file_as_workdir_is_one_line_before_serving(tmp_path):
+    import socket
+
+    from edgeseg.serve import run_server
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="--workdir .*afile: is a file, not a folder"):
+        run_server("127.0.0.1", 8000, tmp_path / "afile", [], None, lambda line: None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"--port {port}: cannot listen there"):
+            run_server("127.0.0.1", port, tmp_path / "w", [], None, lambda line: None)
+    assert not (tmp_path / "w").exists()

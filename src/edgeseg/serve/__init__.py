@@ -7,6 +7,7 @@ in the package, so the pages work with no internet."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 from edgeseg.errors import ConfigError
@@ -36,6 +37,9 @@ def run_server(host: str, port: int, workdir: Path, data_roots: list[Path], toke
     for root in data_roots:
         if not root.is_dir():
             raise ConfigError(f"--data-root {root}: folder not found")
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise ConfigError(f"--workdir {workdir}: is a file, not a folder")
+    _check_port_free(host, port)
     if not is_local(host):
         warn(f"warning: serving on {host}, reachable from other machines"
              + ("" if token else "; anyone who can reach it can start jobs and read your data (set --token)"))
@@ -43,3 +47,15 @@ def run_server(host: str, port: int, workdir: Path, data_roots: list[Path], toke
     warn(f"edgeseg serve: http://{host if ':' not in host else f'[{host}]'}:{port}/"
          + ("?token=..." if token else "") + f"  (workdir {Path(workdir).resolve()})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A one-line error now, rather than uvicorn's log lines after the banner, when the address
+    is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from None
