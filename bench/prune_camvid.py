@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from edgeseg.benchmark import end_to_end, measure_side_by_side
-from edgeseg.compress.prune import hard_prune, padded_size, plan_pruning
+from edgeseg.compress.prune import hard_prune, plan_pruning
 from edgeseg.compress.sample_images import labelled_images
 from edgeseg.data.spec import open_dataset
 from edgeseg.evaluation import evaluate
@@ -31,6 +31,7 @@ from edgeseg.export.onnx import export_onnx
 from edgeseg.layout import BUNDLE_MODEL, STAGE_MODEL, STAGES_DIR
 from edgeseg.models.model_dir import load_model_dir
 from edgeseg.models.profile import profile_model
+from edgeseg.models.stride import round_up
 from edgeseg.pipeline.recipe import check_recipe
 from edgeseg.pipeline.runner import run_pipeline
 from edgeseg.predict.predictors import OnnxPredictor
@@ -41,7 +42,7 @@ def uniform_keep_for(model_dir: Path, target: float) -> tuple[float, float]:
     """The largest uniform keep (to 1/1000) whose hard-pruned model has at most ``target`` x the
     dense MACs, and the fraction it reaches."""
     loaded = load_model_dir(model_dir)
-    size = padded_size(loaded.config)
+    size = round_up(loaded.config.input_size, loaded.config.output_stride)
     dense = profile_model(loaded.model, size).macs
 
     def fraction(keep: float) -> float:
@@ -126,8 +127,9 @@ def main() -> None:
         files[f"{name} pruned int8"] = stage_path(args.work / name, 5, "export", BUNDLE_MODEL)
     predictors = {name: OnnxPredictor.from_file(path) for name, path in files.items()}
     miou = {name: evaluate(predictor, val, num_workers=0)["miou"] for name, predictor in predictors.items()}
-    macs = {name: profile_model(load_model_dir(path).model, padded_size(load_model_dir(path).config)).macs
-            for name, path in models.items()}
+    loaded = {name: load_model_dir(path) for name, path in models.items()}
+    macs = {name: profile_model(m.model, round_up(m.config.input_size, m.config.output_stride)).macs
+            for name, m in loaded.items()}
     latency = measure_side_by_side(predictors, size, runs=args.runs)
     frames = frame_files(val, args.frames, args.work / "frames")
     timed = ("dense fp32", "uniform pruned fp32", "sensitivity pruned fp32", "sensitivity pruned int8")

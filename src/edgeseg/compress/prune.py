@@ -43,6 +43,7 @@ from edgeseg.models.folded import ChannelAffine
 from edgeseg.models.model_dir import load_model_dir, save_model_dir
 from edgeseg.models.profile import profile_model
 from edgeseg.models.pruned import conv_widths, is_depthwise, resized_conv, set_module
+from edgeseg.models.stride import round_up
 from edgeseg.plots import filter_cutoffs
 
 
@@ -371,12 +372,6 @@ class PrunedLayer:
         return dict(self.__dict__)
 
 
-def padded_size(config) -> tuple[int, int]:
-    """The model's input size rounded up to its output stride (what export and bench pad to)."""
-    stride = config.output_stride
-    return tuple(-(-side // stride) * stride for side in config.input_size)
-
-
 def prune_model_dir(source, out, config: PruneConfig, keeps: dict[str, float] | None = None
                     ) -> tuple[list[PrunedLayer], dict, PrunePlan]:
     """The prune stage: model directory in, pruned model directory out (``config.soft``: same
@@ -392,7 +387,7 @@ def prune_model_dir(source, out, config: PruneConfig, keeps: dict[str, float] | 
     if config.criterion == "bn-scale" and model_config.batchnorm_folded:
         raise ConfigError(f"criterion: bn-scale needs BatchNorms, and {source} has them folded; use l1 or l2")
     skip = skipped_convs(model, config.skip)
-    size = padded_size(model_config)
+    size = round_up(model_config.input_size, model_config.output_stride)
     before = profile_model(model, size)
     plan = plan_pruning(model, 1.0 if keeps is not None else config.keep, config.criterion, skip, keeps,
                         config.channel_multiple)

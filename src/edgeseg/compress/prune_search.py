@@ -79,13 +79,14 @@ def subset_miou(model: nn.Module, config: ModelConfig, images: list[tuple[torch.
     """mIoU of ``model`` over (normalised image, label) pairs, scored as one set."""
     predictor = TorchPredictor(model.eval(), config, torch.device("cpu"))
     confusion = ConfusionMatrix(config.num_classes)
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        sizes = {tuple(image.shape[-2:]) for image, _ in batch}
-        groups = [[pair for pair in batch if tuple(pair[0].shape[-2:]) == size] for size in sizes]
-        for group in groups:
-            confusion.update(predictor.labels(torch.stack([image for image, _ in group])),
-                             torch.stack([label for _, label in group]))
+    by_size: dict[tuple[int, int], list] = {}
+    for pair in images:
+        by_size.setdefault(tuple(pair[0].shape[-2:]), []).append(pair)
+    for pairs in by_size.values():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start:start + batch_size]
+            confusion.update(predictor.labels(torch.stack([image for image, _ in batch])),
+                             torch.stack([label for _, label in batch]))
     return float(confusion.summary()["miou"])
 
 

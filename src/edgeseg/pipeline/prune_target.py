@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from edgeseg.compress.prune import padded_size, plan_pruning, skipped_convs
+from edgeseg.compress.prune import plan_pruning, skipped_convs
 from edgeseg.compress.prune_search import (Allocation, MacsEstimate, Sensitivity, allocate_latency, allocate_macs,
                                            pruned_copy, scan_sensitivity, scope_sizes)
 from edgeseg.compress.sample_images import labelled_images
@@ -22,6 +22,7 @@ from edgeseg.fileio import atomic_write_bytes, atomic_write_json, atomic_write_t
 from edgeseg.layout import PRUNE_SCAN_CSV, PRUNE_SCAN_JSON, PRUNE_SCAN_PNG, WEIGHTS_NAME
 from edgeseg.models.model_dir import load_model_dir
 from edgeseg.models.profile import profile_model
+from edgeseg.models.stride import round_up
 from edgeseg.plots import prune_sensitivity
 
 
@@ -60,7 +61,7 @@ def search_allocation(source: Path, config: PruneConfig, out: Path, data: str | 
     else:
         log(f"prune scan: reusing {out / PRUNE_SCAN_JSON} (same model, data and scan settings)")
     plan = plan_pruning(model, 1.0, config.criterion, skip)
-    size = padded_size(loaded.config)
+    size = round_up(loaded.config.input_size, loaded.config.output_stride)
     estimate = MacsEstimate(plan, profile_model(model, size), config.channel_multiple)
     sizes = scope_sizes(plan)
     metrics = {"scan_images": sensitivity.images, "scan_base_miou": sensitivity.base_miou}
