@@ -7,7 +7,12 @@ latency at the val image size (interleaved runs, median), and end-to-end frames 
 (decode, normalise, predict, class ids, label PNG) as `edgeseg bench --images` measures them.
 
     python bench/prune_camvid.py --dense RUN/best --train-config configs/camvid-cpu-avx2.yaml \
-        [--small SMALL_RUN/best] [--target 0.5] [--epochs 20] [--work DIR]
+        [--small SMALL_RUN/best] [--target 0.5] [--epochs 20] [--work DIR] \
+        [--deep-target 0.4 --channel-multiple 8]
+
+"deep" is a third branch: the sensitivity allocation to --deep-target of the MACs with every kept
+filter count rounded to --channel-multiple (the shapes CPU kernels run fastest). A work directory
+from an earlier run is resumed: finished stages are not run again.
 """
 
 from __future__ import annotations
@@ -96,6 +101,9 @@ def main() -> None:
     parser.add_argument("--small", type=Path, default=None, help="the narrower net trained from scratch")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the dense MACs to keep")
     parser.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs after pruning")
+    parser.add_argument("--deep-target", type=float, default=None,
+                        help="also prune (by the sensitivity scan) to this fraction of the MACs, with --channel-multiple")
+    parser.add_argument("--channel-multiple", type=int, default=8, help="channel multiple of the --deep-target branch")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--frames", type=int, default=40, help="val images for the end-to-end FPS")
     parser.add_argument("--work", type=Path, default=Path("runs/prune-bench"))
@@ -105,7 +113,10 @@ def main() -> None:
     keep, reached = uniform_keep_for(args.dense, args.target)
     print(f"uniform keep {keep:.3f} leaves {reached:.3f} of the MACs")
     seconds = {}
-    for name, prune in (("uniform", {"keep": round(keep, 3)}), ("sensitivity", {"target_macs": args.target})):
+    branches = {"uniform": {"keep": round(keep, 3)}, "sensitivity": {"target_macs": args.target}}
+    if args.deep_target is not None:
+        branches["deep"] = {"target_macs": args.deep_target, "channel_multiple": args.channel_multiple}
+    for name, prune in branches.items():
         recipe, stages = check_recipe(branch_recipe(name, args.dense, train, prune, args.epochs, args.work), name)
         started = time.perf_counter()
         report = run_pipeline(recipe, stages, f"python bench/prune_camvid.py ({name})")
@@ -115,15 +126,15 @@ def main() -> None:
     val = open_dataset(data, "val")
     size = tuple(val.read(0)[1].shape)
     check = labelled_images(args.dense, data, "val", 4)
-    models = {"dense": args.dense, "uniform pruned": stage_path(args.work / "uniform", 2, "finetune"),
-              "sensitivity pruned": stage_path(args.work / "sensitivity", 2, "finetune")}
+    models = {"dense": args.dense}
+    models.update({f"{name} pruned": stage_path(args.work / name, 2, "finetune") for name in branches})
     if args.small is not None:
         models["trained small"] = args.small
     files = {}
     for name, model_dir in models.items():
         files[f"{name} fp32"] = args.work / f"{name.replace(' ', '-')}-fp32.onnx"
         export_onnx(model_dir, files[f"{name} fp32"], False, size, check)
-    for name in ("uniform", "sensitivity"):
+    for name in branches:
         files[f"{name} pruned int8"] = stage_path(args.work / name, 5, "export", BUNDLE_MODEL)
     predictors = {name: OnnxPredictor.from_file(path) for name, path in files.items()}
     miou = {name: evaluate(predictor, val, num_workers=0)["miou"] for name, predictor in predictors.items()}
@@ -132,13 +143,16 @@ def main() -> None:
             for name, m in loaded.items()}
     latency = measure_side_by_side(predictors, size, runs=args.runs)
     frames = frame_files(val, args.frames, args.work / "frames")
-    timed = ("dense fp32", "uniform pruned fp32", "sensitivity pruned fp32", "sensitivity pruned int8")
+    timed = ["dense fp32", "uniform pruned fp32", "sensitivity pruned fp32", "sensitivity pruned int8"]
+    if "deep" in branches:
+        timed += ["deep pruned fp32", "deep pruned int8"]
     fps = {(name, workers): end_to_end(predictors[name], frames, workers=workers)
            for workers in (0, 2) for name in timed}
 
     base_ms, base_miou = latency["dense fp32"]["latency_ms"], miou["dense fp32"]
-    print(f"\nFilter pruning on {data} val ({len(val)} images at {size[0]}x{size[1]}), target {args.target} of the "
-          f"MACs, {args.epochs} fine-tuning epochs; ONNX Runtime, {torch.get_num_threads()} threads, latency median "
+    print(f"\nFilter pruning on {data} val ({len(val)} images at {size[0]}x{size[1]}), target {args.target} of the MACs"
+          f"{'' if args.deep_target is None else f' (deep: {args.deep_target}, channel multiple {args.channel_multiple})'}, "
+          f"{args.epochs} fine-tuning epochs; ONNX Runtime, {torch.get_num_threads()} threads, latency median "
           f"of {args.runs} interleaved runs\n")
     print("| model | GMACs | val mIoU % | vs dense | latency ms | speed-up vs dense fp32 | end-to-end FPS "
           "sequential / overlapped | overhead ms/frame sequential / overlapped |")
