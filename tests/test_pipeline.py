@@ -93,6 +93,17 @@ def test_killed_pipeline_resumes_and_reports_every_stage(tmp_path):
     again = run_cli("run", str(recipe), check=True)
     assert again.stdout.count("done before, skipped") == 5
 
+    # a pipeline that starts from a model directory resumes too (its start row is skipped)
+    onward = tmp_path / "onward.yaml"
+    onward.write_text(yaml.safe_dump({**TINY_RECIPE, "out_dir": str(tmp_path / "onward"),
+                                      "start": str(out / "stages" / "05-fold" / "model"),
+                                      "stages": {"cut": {"stage": "threshold", **TINY_RECIPE["stages"]["threshold"]}}}))
+    lines = []
+    for _ in range(2):
+        report = run_pipeline(*load_recipe(onward), "test", log=lines.append)
+    assert [row["stage"] for row in report["stages"]] == ["00-start", "01-cut"]
+    assert sum("done before, skipped" in line for line in lines) == 2
+
 
 def test_recipe_mistakes_fail_before_any_work(tmp_path):
     out = tmp_path / "pipeline"

@@ -68,7 +68,8 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
     plan = []  # (stage dir, settings, spec, name); index 0 is the start model when there is one
     if recipe.start is not None:
         read_model_config(recipe.start)
-        plan.append((out / STAGES_DIR / "00-start", {"stage": "start", "model": recipe.start}, None, "start"))
+        start_settings = {"stage": "start", "model": recipe.start, "report_split": recipe.report.split}
+        plan.append((out / STAGES_DIR / "00-start", start_settings, None, "start"))
     for index, (name, spec) in enumerate(stages.items(), 1):
         stage_dir = out / STAGES_DIR / f"{index:02d}-{name}"
         plan.append((stage_dir, stage_settings(recipe, name, spec, stage_dir), spec, name))
