@@ -34,7 +34,7 @@ from edgeseg.data.spec import open_dataset
 from edgeseg.evaluation import evaluate
 from edgeseg.export.onnx import export_onnx
 from edgeseg.layout import BUNDLE_MODEL, STAGE_MODEL, STAGES_DIR
-from edgeseg.models.model_dir import load_model_dir
+from edgeseg.models.model_dir import load_model_dir, read_model_config
 from edgeseg.models.profile import profile_model
 from edgeseg.models.stride import round_up
 from edgeseg.pipeline.recipe import check_recipe
@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/prune-bench"))
     args = parser.parse_args()
     train = load_yaml(args.train_config)
+    dense_config = read_model_config(args.dense)  # fine-tuning normalises as the dense model was trained
+    train["data"].update(mean=list(dense_config.mean), std=list(dense_config.std))
     data = train["data"]["spec"]
     keep, reached = uniform_keep_for(args.dense, args.target)
     print(f"uniform keep {keep:.3f} leaves {reached:.3f} of the MACs")

@@ -333,12 +333,38 @@ def test_pipeline_settings_check_covers_report_split_and_ignores_stages_that_did
     recipe, stages = load_recipe(recipe_file)
     (stage_dir / "spec.json").write_text(json.dumps(stage_settings(recipe, "dense", stages["dense"], stage_dir)))
     changed, stages = load_recipe(recipe_file, ["report.split=test", "stages.dense.train.epochs=3"])
-    _check_unchanged(stage_dir, stage_settings(changed, "dense", stages["dense"], stage_dir))  # failed before work
+    _check_unchanged(stage_dir, stage_settings(changed, "dense", stages["dense"], stage_dir), stages["dense"])  # no work
     (stage_dir / "run" / "last").mkdir(parents=True)
     (stage_dir / "run" / "last" / "state.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"01-dense: this stage ran with other settings \(changed: report_split, "
                                           r"train.epochs\)"):
-        _check_unchanged(stage_dir, stage_settings(changed, "dense", stages["dense"], stage_dir))
+        _check_unchanged(stage_dir, stage_settings(changed, "dense", stages["dense"], stage_dir), stages["dense"])
+
+
+def test_a_pipeline_recorded_before_a_key_existed_still_resumes(tmp_path):
+    """Keys added to the schema since a stage ran (at their defaults) are not changes; a real
+    change still is."""
+    from edgeseg.pipeline import load_recipe
+    from edgeseg.pipeline.runner import _check_unchanged, stage_settings
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump({"name": "p", "out_dir": str(tmp_path / "p"),
+                                           "train": {"data": {"spec": "synthetic:8"}},
+                                           "stages": {"dense": {"stage": "train"}, "prune": {"keep": 0.5}}}))
+    recipe, stages = load_recipe(recipe_file)
+    for index, name, newer_key in ((1, "dense", "memory_saving"), (2, "prune", "channel_multiple")):
+        stage_dir = tmp_path / "p" / "stages" / f"0{index}-{name}"
+        stage_dir.mkdir(parents=True)
+        (stage_dir / "metrics.json").write_text("{}")
+        older = stage_settings(recipe, name, stages[name], stage_dir)
+        assert newer_key in (older["train"] if name == "dense" else older)
+        (older["train"] if name == "dense" else older).pop(newer_key)
+        (stage_dir / "spec.json").write_text(json.dumps(older))
+        _check_unchanged(stage_dir, stage_settings(recipe, name, stages[name], stage_dir), stages[name])
+    changed, stages = load_recipe(recipe_file, ["stages.prune.channel_multiple=8"])
+    stage_dir = tmp_path / "p" / "stages" / "02-prune"
+    with pytest.raises(ConfigError, match=r"changed: channel_multiple\)"):
+        _check_unchanged(stage_dir, stage_settings(changed, "prune", stages["prune"], stage_dir), stages["prune"])
 
 
 # --- the bundle's run.py -------------------------------------------------------------------

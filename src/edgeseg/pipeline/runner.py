@@ -22,9 +22,11 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import yaml
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from edgeseg.data.spec import open_source
 from edgeseg.errors import ConfigError
@@ -73,8 +75,8 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
     for index, (name, spec) in enumerate(stages.items(), 1):
         stage_dir = out / STAGES_DIR / f"{index:02d}-{name}"
         plan.append((stage_dir, stage_settings(recipe, name, spec, stage_dir), spec, name))
-    for stage_dir, settings, _, _ in plan:
-        _check_unchanged(stage_dir, settings)
+    for stage_dir, settings, spec, _ in plan:
+        _check_unchanged(stage_dir, settings, spec)
 
     size, measure = None, None
     if main:
@@ -136,21 +138,50 @@ def stage_settings(recipe: Recipe, name: str, spec: Stage, stage_dir: Path) -> d
     """What the stage's result depends on, for the changed-settings check on resume."""
     settings = spec.model_dump(mode="json")
     if isinstance(spec, TrainStage):
-        config = stage_train_config(recipe.train, spec, stage_dir, None, f"stages.{name}.train").model_dump(mode="json")
-        for key in RUN_ONLY_KEYS:
-            config.pop(key, None)
-        config["data"].pop("num_workers", None)
-        config["model"].pop("init_from", None)
-        settings["train"] = config
+        config = stage_train_config(recipe.train, spec, stage_dir, None, f"stages.{name}.train")
+        settings["train"] = _result_settings(config)
     settings["report_split"] = recipe.report.split  # metrics.json holds measurements on this split
     return settings
 
 
-def _check_unchanged(stage_dir: Path, settings: dict) -> None:
+def _result_settings(config: TrainConfig) -> dict:
+    """A training config without the keys that do not change what it trains."""
+    settings = config.model_dump(mode="json")
+    for key in RUN_ONLY_KEYS:
+        settings.pop(key, None)
+    settings["data"].pop("num_workers", None)
+    settings["model"].pop("init_from", None)
+    return settings
+
+
+def _with_keys_added_since(recorded: dict, current: dict, schema: type[BaseModel]) -> dict:
+    """``recorded`` plus every key it lacks that ``schema`` has added since, where the current
+    value is that key's default (so it cannot have changed what the stage made)."""
+    upgraded = dict(recorded)
+    for key, value in current.items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            continue
+        nested = next((t for t in (field.annotation, *get_args(field.annotation))
+                       if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if key not in recorded and not field.is_required():
+            if to_jsonable_python(field.get_default(call_default_factory=True)) == value:
+                upgraded[key] = value
+        elif nested is not None and isinstance(value, dict) and isinstance(recorded.get(key), dict):
+            upgraded[key] = _with_keys_added_since(recorded[key], value, nested)
+    return upgraded
+
+
+def _check_unchanged(stage_dir: Path, settings: dict, spec: Stage | None) -> None:
     spec_file = stage_dir / STAGE_SPEC
     if spec_file.is_file() and _did_work(stage_dir):
         recorded = json.loads(spec_file.read_text(encoding="utf-8"))
-        recorded.setdefault("report_split", settings["report_split"])  # a directory older than the key
+        if spec is not None:
+            recorded = _with_keys_added_since(recorded, settings, type(spec))
+            if isinstance(spec, TrainStage) and isinstance(recorded.get("train"), dict):
+                recorded["train"] = _with_keys_added_since(recorded["train"], settings["train"], TrainConfig)
+        if recorded.get("report_split") is None:  # a directory older than the key
+            recorded["report_split"] = settings["report_split"]
         if recorded != settings:
             raise ConfigError(f"{stage_dir}: this stage ran with other settings (changed: "
                               f"{', '.join(_changed_keys(recorded, settings))}); "
