@@ -107,14 +107,16 @@ def test_help_lists_the_commands():
 
 
 def test_demo_runs_the_pipeline_and_prints_the_stage_report(tmp_path):
-    proc = run_cli("demo", "--out", str(tmp_path / "demo"), check=True)
-    assert "label doctor" in proc.stdout and "epoch 40/40" in proc.stdout
+    """The demo's pipeline with fewer epochs (the full one is `make demo`)."""
+    shorter = ("train.epochs=12", "stages.l1.train.epochs=3", "stages.sparse.train.epochs=4")
+    proc = run_cli("demo", *shorter, "--out", str(tmp_path / "demo"), check=True)
+    assert "label doctor" in proc.stdout and "epoch 12/12" in proc.stdout
     assert "stage report" in proc.stdout and "bicyclist" in proc.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     stages = [s["stage"] for s in report["stages"]]
     assert stages == ["01-dense", "02-l1", "03-threshold", "04-sparse", "05-fold-bn", "06-quantize", "07-export"]
     dense, folded, quantized, exported = (report["stages"][i] for i in (0, 4, 5, 6))
-    assert dense["miou"] > 0.3 and folded["sparsity"] > 0.5
+    assert dense["miou"] > 0.25 and folded["sparsity"] > 0.5
     assert quantized["zero_weights"] >= folded["zero_weights"]  # quantization keeps every zero
     assert quantized["precision"].startswith("sim power-of-two w8/a8")
     assert exported["precision"].startswith("int8") and exported["runtime"] == "onnxruntime"

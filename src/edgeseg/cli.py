@@ -429,11 +429,15 @@ def data_lists(
 
 
 @app.command("demo")
-def demo_command(out_dir: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
+def demo_command(
+    overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value changes to the demo's recipe, e.g. "
+                                                           "train.epochs=10 stages.sparse.train.epochs=5"),
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
+) -> None:
     """Run the pipeline on the built-in synthetic street scenes."""
     from edgeseg.demo import run_demo
 
-    run_demo(out_dir, out)
+    run_demo(out_dir, out, list(overrides or []))
 
 
 @app.command("serve")

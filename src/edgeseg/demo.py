@@ -22,6 +22,7 @@ from edgeseg.pipeline import run_pipeline
 from edgeseg.pipeline.recipe import check_recipe
 from edgeseg.predict.outputs import predict_images
 from edgeseg.reports import print_doctor
+from edgeseg.schema import apply_overrides
 
 DEMO_SPEC = "synthetic:48"
 DEMO_RECIPE = {
@@ -43,17 +44,18 @@ DEMO_RECIPE = {
 }
 
 
-def run_demo(out_dir: Path, console: Console) -> dict:
+def run_demo(out_dir: Path, console: Console, overrides: list[str] = ()) -> dict:
     """Doctor -> the staged pipeline (train, l1, threshold, sparse fine-tune, fold-bn,
     quantize, export) -> predictions of the deployed bundle, on synthetic data; returns the
-    pipeline report."""
+    pipeline report. ``overrides``: dotted key=value changes to DEMO_RECIPE."""
     source = open_source(DEMO_SPEC)
     console.rule("1. label doctor")
     print_doctor(check_dataset(source, ["train", "val"]), console)
 
     console.rule("2. staged pipeline: dense -> L1 -> threshold -> sparse fine-tune -> fold BN -> int8 -> bundle")
-    recipe, stages = check_recipe({**DEMO_RECIPE, "out_dir": str(out_dir)}, "demo recipe")
-    report = run_pipeline(recipe, stages, f"edgeseg demo --out {out_dir}",
+    raw = apply_overrides({**DEMO_RECIPE, "out_dir": str(out_dir)}, list(overrides))
+    recipe, stages = check_recipe(raw, "demo recipe")
+    report = run_pipeline(recipe, stages, " ".join(["edgeseg demo", *overrides, "--out", str(out_dir)]),
                           log=lambda line: console.print(line, markup=False, soft_wrap=True))
     final = out_dir / "stages" / report["stages"][-1]["stage"] / "bundle"
 

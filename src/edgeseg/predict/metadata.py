@@ -4,8 +4,10 @@ read by the predictors (and by the standalone bundle runner, which keeps its own
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:  # onnx takes ~1 s to import; the predictors read metadata from ONNX Runtime's map
+    import onnx
 
 
 def set_metadata(model: onnx.ModelProto, facts: dict) -> None:
@@ -23,7 +25,7 @@ def read_metadata(model_or_map) -> dict:
     """The facts ``set_metadata`` wrote (from a ModelProto or ONNX Runtime's custom map):
     JSON values decoded, any other text kept as the string it is. Older exports, which
     JSON-encoded every value (strings in quotes), read the same."""
-    if isinstance(model_or_map, onnx.ModelProto):
+    if not isinstance(model_or_map, dict):  # an onnx.ModelProto
         model_or_map = {entry.key: entry.value for entry in model_or_map.metadata_props}
     facts = {}
     for key, value in model_or_map.items():
