@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, write_image
+from conftest import run_cli, run_cli_here, write_image
 from edgeseg.data.classes import CAMVID
 from edgeseg.data.spec import open_dataset
 from edgeseg.data.transforms import EvalTransform
@@ -95,13 +95,13 @@ def test_predict_writes_paletted_labels_for_files_folders_globs_and_lists(model_
         assert shown.mode == "RGB" and shown.size[0] >= 56 and shown.size[1] > 40  # the legend strip below
         assert np.array_equal(np.asarray(shown)[:40, :56], overlay(images[i], expected[i].astype(np.uint8), CAMVID))
 
-    run_cli("predict", str(model_dir), str(tmp_path / "in" / "im1*.png"), str(tmp_path / "in" / "list.txt"),
+    run_cli_here("predict", str(model_dir), str(tmp_path / "in" / "im1*.png"), str(tmp_path / "in" / "list.txt"),
             "--out", str(tmp_path / "b"), check=True)
     assert sorted(p.name for p in (tmp_path / "b").iterdir() if not p.name.startswith(".")) == ["im0.png", "im1.png", "im2.png"]
 
 
 def test_help_lists_the_commands():
-    proc = run_cli("--help", check=True)
+    proc = run_cli_here("--help", check=True)
     for command in ("eval", "predict", "data", "demo"):
         assert command in proc.stdout
 
@@ -132,7 +132,7 @@ def test_cityscapes_lists_round_trip_through_the_list_format(tmp_path):
     from edgeseg.data.spec import DatasetConfig, ListPair, open_source
 
     root, _ = make_cityscapes(tmp_path / "cs")
-    run_cli("data", "lists", "cityscapes", str(root), "--out", str(tmp_path / "lists"), check=True)
+    run_cli_here("data", "lists", "cityscapes", str(root), "--out", str(tmp_path / "lists"), check=True)
     lists = tmp_path / "lists"
     assert sorted(p.name for p in lists.iterdir()) == [
         "train_image_list.txt", "train_label_list.txt", "val_image_list.txt", "val_label_list.txt"]

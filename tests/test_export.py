@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 import torch
 from PIL import Image
-from conftest import run_cli, write_image
+from conftest import run_cli, run_cli_here, write_image
 from test_quantize import SPEC, float_model_dir
 
 from edgeseg.models.quant_spec import QuantizeConfig
@@ -127,21 +127,23 @@ def test_export_format_must_fit_the_model(models, tmp_path):
 
 @pytest.mark.slow
 def test_cli_quantize_export_eval_bench_and_predict_the_onnx_file(tmp_path):
+    """In this process except bench (which sets the thread count): the commands' rules, not
+    interpreter start-up, are what this checks."""
     source = float_model_dir(tmp_path / "float")
-    run_cli("quantize", str(source), "--out", str(tmp_path / "q"), "--data", SPEC, "--scheme", "power-of-two",
+    run_cli_here("quantize", str(source), "--out", str(tmp_path / "q"), "--data", SPEC, "--scheme", "power-of-two",
             "--calibration-batches", "2", check=True)
-    proc = run_cli("export", str(tmp_path / "q"), "--format", "onnx-int8", "--data", SPEC, "--size", "240", "320",
+    proc = run_cli_here("export", str(tmp_path / "q"), "--format", "onnx-int8", "--data", SPEC, "--size", "240", "320",
                    "--check-images", "2", check=True)
     assert "pixel agreement" in proc.stdout and (tmp_path / "q.onnx").is_file()
-    proc = run_cli("eval", str(tmp_path / "q.onnx"), "--data", SPEC, "--json", str(tmp_path / "eval.json"), check=True)
+    proc = run_cli_here("eval", str(tmp_path / "q.onnx"), "--data", SPEC, "--json", str(tmp_path / "eval.json"), check=True)
     assert "mIoU" in proc.stdout
     proc = run_cli("bench", str(tmp_path / "q"), str(tmp_path / "q.onnx"), "--size", "240", "320",
                    "--runs", "2", "--json", str(tmp_path / "bench.json"), check=True)
     assert "onnxruntime" in proc.stdout and "pytorch" in proc.stdout
     image = write_image(tmp_path / "in" / "a.png", np.random.default_rng(0).integers(0, 256, (240, 320, 3)))
-    run_cli("predict", str(tmp_path / "q.onnx"), str(image.parent), "--out", str(tmp_path / "pred"), check=True)
+    run_cli_here("predict", str(tmp_path / "q.onnx"), str(image.parent), "--out", str(tmp_path / "pred"), check=True)
     assert (tmp_path / "pred" / "a.png").is_file()
-    bad = run_cli("export", str(tmp_path / "float"), "--format", "onnx-int8", "--data", SPEC)
+    bad = run_cli_here("export", str(tmp_path / "float"), "--format", "onnx-int8", "--data", SPEC)
     assert bad.returncode == 2 and "not quantized" in bad.stderr
 
 

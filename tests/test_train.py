@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_line, run_cli
+from conftest import error_line, run_cli, run_cli_here
 from edgeseg.errors import ConfigError
 from edgeseg.models import load_model_dir
 from edgeseg.training.checkpoint import load_training_state, save_training_state
@@ -113,7 +113,7 @@ def test_train_command_end_to_end(tmp_path):
             assert image.format == "PNG" and image.size[0] >= 400 and image.size[1] >= 250
     evaluated = run_cli("eval", str(run_dir / "best"), "--data", "synthetic:8", check=True)
     assert "mIoU" in evaluated.stdout
-    assert error_line(run_cli("train", "optimizer.name=rmsprop", f"runs_dir={tmp_path}")).startswith(
+    assert error_line(run_cli_here("train", "optimizer.name=rmsprop", f"runs_dir={tmp_path}")).startswith(
         "error: defaults: bad value for 'optimizer.name'")
     assert not math.isnan(float(read_metrics_csv(run_dir / "metrics.csv")[-1]["val_miou"]))
 
@@ -200,12 +200,12 @@ def test_init_with_options_and_with_piped_answers(tmp_path):
     import sys
 
     out = tmp_path / "c.yaml"
-    run_cli("init", "-o", str(out), "--no-input", "--format", "synthetic", "--path", "8", "--model", "basic_encdec",
-            "--epochs", "3", "--crop", "64 96", "--augment", "flip", check=True)
+    run_cli_here("init", "-o", str(out), "--no-input", "--format", "synthetic", "--path", "8", "--model", "basic_encdec",
+                 "--epochs", "3", "--crop", "64 96", "--augment", "flip", check=True)
     config = load_train_config(out)
     assert config.data.spec == "synthetic:8" and config.epochs == 3 and config.augment.crop == (64, 96)
     assert config.augment.scale is None and config.augment.hflip == 0.5
-    assert "already exists" in error_line(run_cli("init", "-o", str(out), "--no-input"))
+    assert "already exists" in error_line(run_cli_here("init", "-o", str(out), "--no-input"))
 
     answers = "\n".join(["exp", "folder", "data/x", "0.2", "dabnet", "128 128", "4", "7", "sgd", "0.01",
                          "cosine", "flip,scale,color"]) + "\n"
