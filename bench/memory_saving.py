@@ -30,7 +30,7 @@ import torch
 from edgeseg.models import create_model
 from edgeseg.models.stride import round_up
 from edgeseg.schema import parse_value
-from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
+from edgeseg.training.losses import head_loss, head_weights, multi_head_loss, pixel_loss
 from edgeseg.training.memory_saving import enable_checkpointing, resolve_checkpoint_modules
 
 
@@ -59,8 +59,8 @@ def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict
     def training_loss() -> torch.Tensor:
         """The engine's loss: every head of a multi-head model with its default weight."""
         if len(weights) > 1:
-            return multi_head_loss(model, images, labels, criterion, weights)[0]
-        return criterion(model(images), labels)
+            return multi_head_loss(model, images, labels, criterion, weights, lean=checkpointing)[0]
+        return head_loss(criterion, model(images), labels, lean=checkpointing)
 
     def pack(tensor):
         saved[0] += tensor.numel() * tensor.element_size()

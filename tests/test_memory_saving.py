@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from edgeseg.errors import ConfigError
 from edgeseg.models import create_model
+from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
 from edgeseg.training.memory_saving import (default_checkpoint_modules, disable_checkpointing, enable_checkpointing,
                                             resolve_checkpoint_modules)
 
@@ -88,8 +89,40 @@ def test_training_with_memory_saving_ends_with_the_same_weights(tmp_path):
     lines = []
     saving = train(load_train_config(None, tiny + ["memory_saving=true", "name=saving"]), log=lines.append)
     plain = train(load_train_config(None, tiny + ["name=plain"]), log=lambda _: None)
-    assert "memory_saving: checkpointing stem, stage1, stage2, stage3, stage4, context, up16, up8, up4" in lines
+    assert ("memory_saving: checkpointing stem, stage1, stage2, stage3, stage4, context, up16, up8, up4 and the "
+            "loss's upsampled logits") in lines
     a, b = (load_file(str(run.run_dir / "last" / "model.safetensors")) for run in (saving, plain))
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("ohem", [None, 0.7])
+def test_lean_loss_matches_the_plain_one_and_keeps_no_full_resolution_logits(ohem):
+    """ICNet's three heads (two coarse, upsampled to the labels inside the loss): the lean loss
+    gives the same gradients and saves neither the upsampled logits nor their log-softmax."""
+    torch.manual_seed(0)
+    plain = create_model("icnet", 4, filter_scale=0.125).train()
+    lean = copy.deepcopy(plain)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 4, (2, 64, 64), generator=torch.Generator().manual_seed(2))
+    labels[:, :4] = 255
+    criterion = pixel_loss(torch.tensor([0.5, 1.0, 2.0, 1.5]), 255, ohem, 0.25)
+    weights = head_weights(plain, None)
+    saved = {}
+    for name, model in (("plain", plain), ("lean", lean)):
+        total = [0]
+
+        def pack(tensor, total=total):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, main = multi_head_loss(model, images, labels, criterion, weights, lean=name == "lean")
+        loss.backward()
+        saved[name] = total[0]
+        assert main.shape[-2:] == labels.shape[-2:]
+    full_resolution_logits = labels.numel() * 4 * 4  # float32, 4 classes
+    assert saved["plain"] - saved["lean"] >= 4 * full_resolution_logits  # 3 log-softmaxes, 2 upsampled heads
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-6, msg=name)

@@ -110,7 +110,8 @@ class TrainConfig(StrictModel):
                                                                    "temperature: T, weight: w}")
     memory_saving: bool | list[str] = Field(
         False, description="gradient checkpointing: true checkpoints the architecture's default modules, or a list "
-                           "of module names; less activation memory for about one more forward per step")
+                           "of module names, and the loss's full-resolution logits; less activation memory for "
+                           "part of one more forward per step")
     save_every: int | None = Field(
         None, ge=1, description="epochs between kept model directories in checkpoints/ (for edgeseg eval --watch)")
     keep_last: int = Field(5, ge=1, description="how many of those periodic checkpoints to keep")

@@ -35,7 +35,7 @@ from edgeseg.training.checkpoint import (clear_run_end, has_resumable_state, loa
                                      recover_run_dir, save_periodic_checkpoint, save_training_state)
 from edgeseg.training.config import TrainConfig
 from edgeseg.training.distill import Distiller
-from edgeseg.training.losses import head_weights, multi_head_loss, pixel_loss
+from edgeseg.training.losses import head_loss, head_weights, multi_head_loss, pixel_loss
 from edgeseg.training.memory_saving import enable_checkpointing, resolve_checkpoint_modules
 from edgeseg.training.pretrained import describe_unmatched, load_pretrained
 from edgeseg.training.schedules import lr_factor
@@ -295,8 +295,9 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     optimizer = build_optimizer(config, model)
     checkpointed = resolve_checkpoint_modules(model, config.memory_saving, model_config.architecture)
     enable_checkpointing(model, checkpointed)
+    lean_loss = bool(checkpointed)
     if checkpointed:
-        log(f"memory_saving: checkpointing {', '.join(checkpointed)}")
+        log(f"memory_saving: checkpointing {', '.join(checkpointed)} and the loss's upsampled logits")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
                            config.loss.ohem_threshold, config.loss.ohem_min_kept)
@@ -364,10 +365,10 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
             labels = labels.to(device, non_blocking=True)
             with autocast():
                 if len(heads) > 1:
-                    loss, logits = multi_head_loss(net, images, labels, criterion, heads)
+                    loss, logits = multi_head_loss(net, images, labels, criterion, heads, lean_loss)
                 else:
                     logits = net(images)
-                    loss = criterion(logits, labels)
+                    loss = head_loss(criterion, logits, labels, lean_loss)
                 if distiller is not None:
                     loss = loss + distiller(images, logits, labels)
             loss_value = float(loss.detach())

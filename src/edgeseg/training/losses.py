@@ -6,6 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from edgeseg.errors import ConfigError
 
@@ -59,17 +60,29 @@ def head_weights(model: torch.nn.Module, chosen: dict[str, float] | None) -> dic
     return {**defaults, **(chosen or {})}
 
 
+def head_loss(criterion, logits: torch.Tensor, labels: torch.Tensor, lean: bool = False) -> torch.Tensor:
+    """``criterion`` on ``logits`` upsampled (bilinear) to the labels when coarser. ``lean``
+    (memory_saving) keeps only ``logits`` for the backward pass and computes the upsampled
+    logits and their log-softmax again there: at full resolution those are the largest tensors
+    of a step."""
+    def term(logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return criterion(logits, labels)
+
+    if lean and torch.is_grad_enabled() and logits.requires_grad:
+        return checkpoint(term, logits, use_reentrant=False)
+    return term(logits)
+
+
 def multi_head_loss(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion,
-                    weights: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted sum of ``criterion`` over the heads of ``net(images, heads=True)``, and the
-    main head's logits; a head coarser than the labels is upsampled (bilinear) to them first.
-    Heads of weight 0 still join the sum (times 0) so that every parameter takes part in the
-    step, as DDP requires."""
+                    weights: dict[str, float], lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sum of ``head_loss`` over the heads of ``net(images, heads=True)``, and the
+    main head's logits. Heads of weight 0 still join the sum (times 0) so that every parameter
+    takes part in the step, as DDP requires."""
     outputs = net(images, heads=True)
     total = None
     for name, logits in outputs.items():
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        term = weights[name] * criterion(logits, labels)
+        term = weights[name] * head_loss(criterion, logits, labels, lean)
         total = term if total is None else total + term
     return total, outputs["main"]
