@@ -6,7 +6,8 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+import inspect
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -178,3 +179,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field's annotation holds (``Model``, ``Model | None``), if any."""
+    for candidate in (annotation, *get_args(annotation)):
+        # a parametrised generic such as dict[str, Any] passes isinstance(_, type) before Python 3.11
+        if inspect.isclass(candidate) and get_origin(candidate) is None and issubclass(candidate, BaseModel):
+            return candidate
+    return None

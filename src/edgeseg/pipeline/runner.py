@@ -18,11 +18,12 @@ than a silent mix of two recipes.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, get_args
+from typing import Callable
 
 import yaml
 from pydantic import BaseModel
@@ -39,12 +40,11 @@ from edgeseg.pipeline.report import build_report, measure_latencies, measure_mod
 from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, TrainStage, run_stage,
                                      stage_train_config)
 from edgeseg.runtime import resolve_device
-from edgeseg.schema import validate
+from edgeseg.schema import model_in, validate
 from edgeseg.training import distributed
-from edgeseg.training.config import TrainConfig
+from edgeseg.training.config import RESUME_FREE_KEYS, TrainConfig
 
 Log = Callable[[str], None]
-RUN_ONLY_KEYS = ("runs_dir", "device", "tensorboard", "log_every")
 PIPELINE_TIMEOUT_MINUTES = 24 * 60  # under torchrun the other ranks wait while rank 0 runs a stage
 
 
@@ -139,18 +139,20 @@ def stage_settings(recipe: Recipe, name: str, spec: Stage, stage_dir: Path) -> d
     settings = spec.model_dump(mode="json")
     if isinstance(spec, TrainStage):
         config = stage_train_config(recipe.train, spec, stage_dir, None, f"stages.{name}.train")
-        settings["train"] = _result_settings(config)
+        settings["train"] = _result_settings(config.model_dump(mode="json"))
     settings["report_split"] = recipe.report.split  # metrics.json holds measurements on this split
     return settings
 
 
-def _result_settings(config: TrainConfig) -> dict:
-    """A training config without the keys that do not change what it trains."""
-    settings = config.model_dump(mode="json")
-    for key in RUN_ONLY_KEYS:
-        settings.pop(key, None)
-    settings["data"].pop("num_workers", None)
-    settings["model"].pop("init_from", None)
+def _result_settings(config: dict) -> dict:
+    """A training config (dumped) without the keys that do not change what it trains: those
+    ``edgeseg train --resume`` may change, and where the model starts from."""
+    settings = copy.deepcopy(config)
+    for key in (*RESUME_FREE_KEYS, "model.init_from"):
+        section, _, name = key.rpartition(".")
+        part = settings.get(section) if section else settings
+        if isinstance(part, dict):
+            part.pop(name, None)
     return settings
 
 
@@ -162,10 +164,9 @@ def _with_keys_added_since(recorded: dict, current: dict, schema: type[BaseModel
         field = schema.model_fields.get(key)
         if field is None:
             continue
-        nested = next((t for t in (field.annotation, *get_args(field.annotation))
-                       if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        nested = model_in(field.annotation)
         if key not in recorded and not field.is_required():
-            if to_jsonable_python(field.get_default(call_default_factory=True)) == value:
+            if to_jsonable_python(field.get_default(call_default_factory=True), by_alias=False) == value:
                 upgraded[key] = value
         elif nested is not None and isinstance(value, dict) and isinstance(recorded.get(key), dict):
             upgraded[key] = _with_keys_added_since(recorded[key], value, nested)
@@ -179,7 +180,8 @@ def _check_unchanged(stage_dir: Path, settings: dict, spec: Stage | None) -> Non
         if spec is not None:
             recorded = _with_keys_added_since(recorded, settings, type(spec))
             if isinstance(spec, TrainStage) and isinstance(recorded.get("train"), dict):
-                recorded["train"] = _with_keys_added_since(recorded["train"], settings["train"], TrainConfig)
+                recorded["train"] = _with_keys_added_since(_result_settings(recorded["train"]), settings["train"],
+                                                           TrainConfig)
         if recorded.get("report_split") is None:  # a directory older than the key
             recorded["report_split"] = settings["report_split"]
         if recorded != settings:

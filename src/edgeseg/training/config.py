@@ -14,7 +14,8 @@ from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
 from edgeseg.errors import ConfigError
 from edgeseg.layout import RUN_CONFIG
 from edgeseg.models.quant_spec import QuantizeConfig
-from edgeseg.schema import StrictModel, apply_overrides, check_positive_sizes, load_yaml, parse_value, validate  # noqa: F401
+from edgeseg.schema import (StrictModel, apply_overrides, check_positive_sizes, load_yaml, model_in,  # noqa: F401
+                            parse_value, validate)
 
 
 class ModelSection(StrictModel):
@@ -182,7 +183,7 @@ def defaults_yaml() -> str:
         for name, info in model_cls.model_fields.items():
             value = values[name]
             comment = f"  # {info.description}" if info.description else ""
-            sub = _section_type(info.annotation)
+            sub = model_in(info.annotation)
             if sub is not None and isinstance(value, dict):
                 lines.append(f"{indent}{name}:{comment}")
                 walk(sub, value, indent + "  ")
@@ -193,15 +194,6 @@ def defaults_yaml() -> str:
 
     walk(TrainConfig, TrainConfig().model_dump(mode="json"), "")
     return "\n".join(lines) + "\n"
-
-
-def _section_type(annotation):
-    from pydantic import BaseModel
-
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
 
 
 # Keys a resumed run may change: they cannot change what it computes.
