@@ -1,7 +1,8 @@
 """Peak memory and step time of one training step with and without gradient checkpointing
 (the training config's ``memory_saving``), on a model built from the registry.
 
-Each mode runs in its own processes (one for memory, one for time) so peaks do not mix. Peak memory: on CUDA
+Each mode's memory is measured in a process of its own, so peaks do not mix; step times in one
+process, the two modes' steps interleaved. Peak memory: on CUDA
 torch.cuda.max_memory_allocated over a step; on the CPU the peak resident set of the second
 training step above the resident set just before it (Linux /proc: clear_refs resets the
 peak; glibc's mmap threshold fixed so freed blocks leave it), plus the bytes autograd saved
@@ -41,8 +42,9 @@ def proc_status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict:
-    """One mode, in this process: the peak memory of a step, or the median step time."""
+def training_step(args: argparse.Namespace, checkpointing: bool):
+    """One mode's model and its training step: (step(count_saved) -> None, saved-bytes counter,
+    checkpointed module names, input size)."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     model_args = {k: parse_value(v, f"{k}={v}") for k, v in (item.split("=", 1) for item in args.arg)}
@@ -77,14 +79,28 @@ def measure(args: argparse.Namespace, checkpointing: bool, timing: bool) -> dict
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    if timing:
-        step()
-        times = []
-        for _ in range(args.steps):
+    return step, saved, names, size
+
+
+def measure_time(args: argparse.Namespace) -> dict:
+    """Median step time of both modes, their steps interleaved in this process so that a change
+    in machine load hits both alike."""
+    steps = {mode: training_step(args, mode == "checkpointed")[0] for mode in ("plain", "checkpointed")}
+    times = {mode: [] for mode in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(args.steps):
+        for mode, step in steps.items():
             started = time.perf_counter()
             step()
-            times.append(time.perf_counter() - started)
-        return {"step_ms": 1000 * statistics.median(times)}
+            times[mode].append(time.perf_counter() - started)
+    return {mode: 1000 * statistics.median(values) for mode, values in times.items()}
+
+
+def measure_memory(args: argparse.Namespace, checkpointing: bool) -> dict:
+    """The peak memory of one mode's step, in a process of its own."""
+    step, saved, names, size = training_step(args, checkpointing)
+    device = torch.device(args.device)
     if device.type == "cuda":
         step()
         torch.cuda.reset_peak_memory_stats()
@@ -119,29 +135,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cpu-amp", action="store_true", help="bfloat16 autocast on the CPU")
     parser.add_argument("--modules", nargs="*", help="modules to checkpoint (default: the architecture's)")
-    parser.add_argument("--child", nargs=2, choices=["plain", "checkpointed", "memory", "time"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["plain", "checkpointed", "time"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args, args.child[0] == "checkpointed", args.child[1] == "time")))
+        result = measure_time(args) if args.child == "time" else measure_memory(args, args.child == "checkpointed")
+        print(json.dumps(result))
         return
     results = {"plain": {}, "checkpointed": {}}
-    for what in ("memory", "time"):
-        for mode in results:
-            # memory: a fixed mmap threshold, so glibc returns every large block on free and the
-            # resident set follows the live tensors; time: malloc as usual (mmap per block is slow)
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"} if what == "memory" else None
-            proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", mode, what],
-                                  capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"error: the {mode} step failed:\n{proc.stderr.strip()}")
-            results[mode].update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    def child(what: str, env: dict | None = None) -> dict:
+        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", what],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: the {what} run failed:\n{proc.stderr.strip()}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    for mode in results:
+        # a fixed mmap threshold, so glibc returns every large block on free and the resident set
+        # follows the live tensors (for timing, malloc as usual: mmap per block is slow)
+        results[mode].update(child(mode, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}))
+    for mode, step_ms in child("time").items():
+        results[mode]["step_ms"] = step_ms
     plain, ckpt = results["plain"], results["checkpointed"]
     print(f"python bench/memory_saving.py {shlex.join(sys.argv[1:])}")
     print(f"{args.model} {dict(a.split('=', 1) for a in args.arg)}, batch {args.batch} at {ckpt['size'][0]}x{ckpt['size'][1]},"
           f" {args.device}{' bf16 autocast' if args.cpu_amp else ''}; {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads; checkpointed: {', '.join(ckpt['modules'])}")
     peak = "peak MiB (CUDA allocated)" if args.device.startswith("cuda") else "peak MiB (RSS above start)"
-    print(f"| mode | {peak} | saved for backward MiB | step ms (median of {args.steps}) |")
+    print(f"| mode | {peak} | saved for backward MiB | step ms (median of {args.steps}, interleaved) |")
     print("|---|---:|---:|---:|")
     for mode, r in results.items():
         print(f"| {mode} | {r['peak_mib']:.0f} | {r['saved_mib']:.0f} | {r['step_ms']:.0f} |")
