@@ -220,16 +220,19 @@ def test_init_with_options_and_with_piped_answers(tmp_path):
 
 
 def test_two_process_gloo_ddp_run(tmp_path):
-    """torchrun with 2 CPU processes: rank 0 writes, validation is sharded and all-reduced."""
+    """torchrun with 2 CPU processes: rank 0 writes, validation is sharded and all-reduced;
+    gradient checkpointing (modules and the loss) runs under DDP."""
     import subprocess
     import sys
 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edgeseg",
-         "train", *TINY, "epochs=2", f"runs_dir={tmp_path}", "name=ddp", "data.spec=synthetic:16"],
+         "train", *TINY, "epochs=2", f"runs_dir={tmp_path}", "name=ddp", "data.spec=synthetic:16",
+         "memory_saving=[stage2, fuse]"],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    assert "memory_saving: checkpointing stage2, fuse and the loss's upsampled logits" in proc.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
     rows = read_metrics_csv(tmp_path / "ddp" / "metrics.csv")
     assert len(rows) == 2 and int(rows[-1]["step"]) == 4  # 16 images / 2 ranks / batch 4 = 2 steps an epoch
