@@ -76,3 +76,31 @@ def test_hard_pixel_loss_on_an_all_ignored_batch_is_zero_not_nan():
     loss = HardPixelCrossEntropy(None, IGNORE, 0.7, 0.1)(logits, labels)
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("ohem_threshold", [None, 1.0])
+def test_label_smoothing_matches_its_definition(ohem_threshold):
+    """(1 - e) x -log p(true) + e x mean over classes of -log p(c), averaged over labelled pixels."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 5, 3, generator=gen) * 2
+    labels = torch.randint(0, 4, (2, 5, 3), generator=gen)
+    labels[1, :2] = IGNORE
+    smoothing = 0.2
+    loss = pixel_loss(None, IGNORE, ohem_threshold, 0.01, smoothing)(logits, labels)
+    log_p = torch.log_softmax(logits.double(), 1).permute(0, 2, 3, 1).numpy()
+    y = labels.numpy()
+    terms = [(1 - smoothing) * -log_p[n, i, j, y[n, i, j]] + smoothing * -log_p[n, i, j].mean()
+             for n, i, j in np.ndindex(y.shape) if y[n, i, j] != IGNORE]
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
+def test_label_smoothing_keeps_ohem_hardness_on_the_true_class():
+    """The same pixels are kept with and without smoothing: only their loss changes."""
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 0] = torch.tensor([8.0, 8.0, -8.0, 0.5])  # p(class 0): ~1, ~1, ~0, 0.62
+    labels = torch.zeros(1, 1, 4, dtype=torch.long)
+    plain = HardPixelCrossEntropy(None, IGNORE, 0.7, 0.01)(logits, labels)
+    smoothed = HardPixelCrossEntropy(None, IGNORE, 0.7, 0.01, label_smoothing=0.1)(logits, labels)
+    log_p = torch.log_softmax(logits[0, :, 0, 2:], 0)  # the two hard pixels
+    assert plain.item() == pytest.approx(-log_p[0].mean().item(), rel=1e-6)
+    assert smoothed.item() == pytest.approx((0.9 * -log_p[0] + 0.1 * -log_p.mean(0)).mean().item(), rel=1e-6)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.data.transforms import (AugmentConfig, EvalTransform, JitterConfig, ScaleConfig,
-                                     TrainTransform)
+from edgeseg.data.transforms import (AugmentConfig, BlurConfig, EvalTransform, JitterConfig, NoiseConfig,
+                                     ScaleConfig, TrainTransform, gaussian_blur)
 from edgeseg.errors import ConfigError
 from edgeseg.schema import validate
 
@@ -61,6 +61,33 @@ def test_colour_jitter_changes_image_not_label():
     assert torch.equal(out_label, torch.from_numpy(label).long())
 
 
+@pytest.mark.parametrize("sigma", [0.4, 1.3])
+def test_gaussian_blur_matches_torchvision(sigma):
+    from torchvision.transforms.v2.functional import gaussian_blur as reference
+
+    image = torch.rand(3, 17, 23) * 255
+    radius = max(1, int(np.ceil(3 * sigma)))
+    expected = reference(image, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
+    torch.testing.assert_close(gaussian_blur(image, sigma), expected, atol=1e-3, rtol=1e-5)
+
+
+def test_blur_and_noise_change_the_image_not_the_label():
+    image, label = coded_pair()
+    plain, _ = EvalTransform(mean=(0, 0, 0), std=(1, 1, 1))(image, label)
+    torch.manual_seed(0)
+    blurred, blurred_label = TrainTransform(AugmentConfig(hflip=0.0, blur=BlurConfig(prob=1.0, sigma=(1.0, 1.0))),
+                                            mean=(0, 0, 0), std=(1, 1, 1))(image, label)
+    expected = gaussian_blur(torch.from_numpy(image).permute(2, 0, 1).float(), 1.0) / 255
+    torch.testing.assert_close(blurred, expected)
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    noisy, noisy_label = TrainTransform(AugmentConfig(hflip=0.0, noise=NoiseConfig(prob=1.0, std=20.0)),
+                                        mean=(0, 0, 0), std=(1, 1, 1))(grey, np.zeros((64, 64), np.uint8))
+    spread = (noisy * 255 - 128).std().item()
+    assert 0 < spread <= 20 * 1.1 and abs((noisy * 255).mean().item() - 128) < 2
+    assert torch.equal(blurred_label, torch.from_numpy(label).long()) and (noisy_label == 0).all()
+    assert not torch.allclose(blurred, plain)
+
+
 def test_eval_transform_normalises_with_mean_and_std():
     image = np.full((2, 2, 3), 255, np.uint8)
     out, _ = EvalTransform(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))(image, np.zeros((2, 2), np.uint8))
@@ -74,6 +101,8 @@ def test_augment_config_rejects_unknown_keys_and_bad_ranges():
         validate(AugmentConfig, {"scale": {"mn": 0.5}}, "train.augment")
     with pytest.raises(ConfigError, match="scale min 2.0 exceeds max 1.0"):
         validate(AugmentConfig, {"scale": {"min": 2.0, "max": 1.0}}, "train.augment")
+    with pytest.raises(ConfigError, match="blur sigma needs 0 < min <= max"):
+        validate(AugmentConfig, {"blur": {"sigma": [2.0, 1.0]}}, "train.augment")
 
 
 @pytest.mark.parametrize("name", ["brightness", "contrast", "saturation"])

@@ -36,6 +36,28 @@ class JitterConfig(StrictModel):
     hue: float = Field(0.0, ge=0.0, le=0.5)
 
 
+class BlurConfig(StrictModel):
+    """Gaussian blur of a random strength: defocus and motion-softened frames of other cameras."""
+
+    prob: float = Field(0.5, ge=0.0, le=1.0, description="chance of blurring a sample")
+    sigma: tuple[float, float] = Field((0.1, 1.5), description="(min, max) of the Gaussian's sigma in pixels")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        low, high = self.sigma
+        if not 0 < low <= high:
+            raise ValueError(f"blur sigma needs 0 < min <= max, got {low}, {high}")
+        return self
+
+
+class NoiseConfig(StrictModel):
+    """Additive Gaussian pixel noise: sensor noise of darker or cheaper cameras."""
+
+    prob: float = Field(0.5, ge=0.0, le=1.0, description="chance of adding noise to a sample")
+    std: float = Field(8.0, gt=0.0, le=128.0, description="largest noise standard deviation, in 0-255 grey levels "
+                                                           "(each sample draws one in [0, std])")
+
+
 class PhaseConfig(StrictModel):
     """A stretch of early epochs with their own scale range and crop size."""
 
@@ -51,6 +73,8 @@ class AugmentConfig(StrictModel):
     crop: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(height, width) of random crops")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="chance of a horizontal flip")
     color_jitter: JitterConfig | None = None
+    blur: BlurConfig | None = Field(None, description="Gaussian blur after the colour jitter: {prob, sigma: [min, max]}")
+    noise: NoiseConfig | None = Field(None, description="Gaussian pixel noise last: {prob, std (0-255 levels)}")
     phases: list[PhaseConfig] = Field(
         default_factory=list, description="progressive resizing: the first epochs in these phases, in order (e.g. "
                                           "half-scale images and half-size crops, 2.5-4x cheaper steps), then the "
@@ -107,7 +131,7 @@ def pad_to(image, label, height: int, width: int, fill: int = 0):
 
 
 class TrainTransform:
-    """Random scale -> padded random crop -> flip -> colour jitter -> normalise.
+    """Random scale -> padded random crop -> flip -> colour jitter -> blur -> noise -> normalise.
 
     Randomness comes from torch's global generator, so DataLoader worker seeding (and the
     training engine's seed) makes it reproducible.
@@ -142,6 +166,11 @@ class TrainTransform:
             image, label = image.flip(-1), label.flip(-1)
         if cfg.color_jitter is not None:
             image = self._jitter(image, cfg.color_jitter)
+        if cfg.blur is not None and torch.rand(()).item() < cfg.blur.prob:
+            image = gaussian_blur(image.float(), self._uniform(*cfg.blur.sigma))
+        if cfg.noise is not None and torch.rand(()).item() < cfg.noise.prob:
+            noisy = image.float() + torch.randn(image.shape) * self._uniform(0.0, cfg.noise.std)
+            image = noisy.clamp_(0.0, 255.0)
         return self.normalize(image, label)
 
     def _jitter(self, image: torch.Tensor, jitter: JitterConfig) -> torch.Tensor:
@@ -162,6 +191,22 @@ class TrainTransform:
             else:
                 x = adjust(x, name, factors[name])
         return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A float (C, H, W) image blurred by a separable Gaussian of ``sigma`` pixels (kernel
+    radius ceil(3 sigma), reflected borders)."""
+    radius = max(1, math.ceil(3 * sigma))
+    radius = min(radius, x.shape[-2] - 1, x.shape[-1] - 1)
+    if radius < 1:
+        return x
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    taps = taps / taps.sum()
+    channels = x.shape[0]
+    y = F.pad(x.unsqueeze(0), [radius, radius, radius, radius], mode="reflect")
+    y = F.conv2d(y, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    y = F.conv2d(y, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return y.squeeze(0)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,8 @@ class LossSection(StrictModel):
     ohem_threshold: float | None = Field(
         None, gt=0, le=1, description="train on hard pixels only: true-class probability below this (OHEM; 0.7 is usual)")
     ohem_min_kept: float = Field(1 / 16, gt=0, le=1, description="OHEM: at least this fraction of labelled pixels")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="targets (1 - e) on the true class + e / classes everywhere (0.1 is usual)")
     head_weights: dict[str, float] | None = Field(
         None, description="loss weight per output head of a multi-head model (e.g. icnet: main, sub24, sub4; "
                           "pspnet: main, aux); default: the architecture's (ICNet 1.0 / 0.4 / 0.4)")

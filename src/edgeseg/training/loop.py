@@ -300,7 +300,7 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
         log(f"memory_saving: checkpointing {', '.join(checkpointed)} and the loss's upsampled logits")
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
     criterion = pixel_loss(loss_weights(config, train_set, device), classes.ignore_index,
-                           config.loss.ohem_threshold, config.loss.ohem_min_kept)
+                           config.loss.ohem_threshold, config.loss.ohem_min_kept, config.loss.label_smoothing)
     heads = head_weights(model, config.loss.head_weights)
     if len(heads) > 1:
         log("loss: " + " + ".join(f"{weight:g} x {name}" for name, weight in heads.items()))

@@ -17,17 +17,21 @@ class HardPixelCrossEntropy(torch.nn.Module):
     or, when fewer than ``min_kept`` (a fraction of the labelled pixels) are that hard, that
     fraction with the largest loss. Hardness is judged on the unweighted loss; class weights
     then weigh each kept pixel, and the mean is taken over the kept pixels' weights, as
-    PyTorch's weighted cross-entropy does over all pixels."""
+    PyTorch's weighted cross-entropy does over all pixels. With ``label_smoothing`` the kept
+    pixels' loss is the smoothed one; hardness stays the true class's probability."""
 
-    def __init__(self, weight: torch.Tensor | None, ignore_index: int, threshold: float, min_kept: float):
+    def __init__(self, weight: torch.Tensor | None, ignore_index: int, threshold: float, min_kept: float,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weight", weight, persistent=False)
         self.ignore_index = ignore_index
         self.max_hard_loss = -math.log(threshold)
         self.min_kept = min_kept
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="none")
+        logits = logits.float()
+        per_pixel = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
         labelled = labels != self.ignore_index
         kept = labelled & (per_pixel > self.max_hard_loss)
         wanted = int(self.min_kept * int(labelled.sum()))
@@ -36,17 +40,21 @@ class HardPixelCrossEntropy(torch.nn.Module):
             largest = torch.topk(candidates, wanted, sorted=False).indices
             kept = torch.zeros_like(kept).flatten().index_fill_(0, largest, True).view_as(kept)
         pixel_weight = kept.to(per_pixel.dtype)
+        if self.label_smoothing:
+            per_pixel = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none",
+                                        label_smoothing=self.label_smoothing)
         if self.weight is not None:
             pixel_weight = pixel_weight * self.weight[labels.masked_fill(~labelled, 0)]
         return (per_pixel * pixel_weight).sum() / pixel_weight.sum().clamp_min(1e-12)
 
 
 def pixel_loss(weight: torch.Tensor | None, ignore_index: int, ohem_threshold: float | None,
-               ohem_min_kept: float) -> torch.nn.Module:
-    """Weighted cross-entropy, restricted to hard pixels when ``ohem_threshold`` is set."""
+               ohem_min_kept: float, label_smoothing: float = 0.0) -> torch.nn.Module:
+    """Weighted cross-entropy (towards smoothed targets when ``label_smoothing`` > 0),
+    restricted to hard pixels when ``ohem_threshold`` is set."""
     if ohem_threshold is None:
-        return torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index)
-    return HardPixelCrossEntropy(weight, ignore_index, ohem_threshold, ohem_min_kept)
+        return torch.nn.CrossEntropyLoss(weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    return HardPixelCrossEntropy(weight, ignore_index, ohem_threshold, ohem_min_kept, label_smoothing)
 
 
 def head_weights(model: torch.nn.Module, chosen: dict[str, float] | None) -> dict[str, float]:
