@@ -18,7 +18,9 @@ class HardPixelCrossEntropy(torch.nn.Module):
     fraction with the largest loss. Hardness is judged on the unweighted loss; class weights
     then weigh each kept pixel, and the mean is taken over the kept pixels' weights, as
     PyTorch's weighted cross-entropy does over all pixels. With ``label_smoothing`` the kept
-    pixels' loss is the smoothed one; hardness stays the true class's probability."""
+    pixels' loss is the smoothed one, weighed by the true class's weight (PyTorch's weighted
+    smoothing weighs each class's share by that class's weight); hardness stays the true
+    class's probability."""
 
     def __init__(self, weight: torch.Tensor | None, ignore_index: int, threshold: float, min_kept: float,
                  label_smoothing: float = 0.0):
