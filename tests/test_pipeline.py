@@ -175,3 +175,32 @@ def test_pipeline_under_torchrun_trains_on_every_process(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["01-dense", "02-threshold", "03-sparse", "04-fold"]
     assert report["stages"][2]["zero_weights"] == report["stages"][1]["zero_weights"]
+
+
+def test_a_recipe_on_a_held_out_drive_checks_calibrates_and_reports_on_its_images(tmp_path):
+    """A dataset mapping (here holding one clip out) reaches every stage, not only training:
+    fold-bn checks on real images, quantization calibrates on the pooled training images, the
+    report scores the held-out clip, and each model directory records the mapping."""
+    from test_groups import grouped_folder
+
+    from edgeseg.api import evaluate
+    from edgeseg.data.spec import open_dataset
+
+    root = grouped_folder(tmp_path / "d")
+    spec = {"format": "folder", "root": str(root), "group_by": "^(clip\\w)_", "holdout_group": "clipa"}
+    train = {**TINY_RECIPE["train"], "data": {"spec": spec, "num_workers": 0}, "augment": {"crop": [32, 48]},
+             "epochs": 1, "eval_every": 1, "batch_size": 2}
+    recipe = write_recipe(tmp_path, train=train, stages={
+        "dense": {"stage": "train"}, "fold": {"stage": "fold-bn", "check_images": 2},
+        "int8": {"stage": "quantize", "quantization": {"calibration_batches": 3}}})
+    lines = []
+    report = run_pipeline(*load_recipe(recipe), "test", log=lines.append)
+    out = tmp_path / "pipeline" / "stages"
+    assert load_model_dir(out / "01-dense" / "model").config.trained_on() == spec
+    assert any("fold-bn" in line and "2 images" in line for line in lines), lines
+    assert json.loads((out / "03-int8" / "metrics.json").read_text())["calibration_images"] == 3
+    held_out = open_dataset(spec, "val")
+    assert len(held_out) == 3 and all(s.name.startswith("clipa_") for s in held_out.samples)
+    dense = report["stages"][0]
+    assert dense["stage"] == "01-dense"
+    assert dense["miou"] == pytest.approx(evaluate(out / "01-dense" / "model", spec, "val")["miou"])

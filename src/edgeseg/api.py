@@ -98,7 +98,7 @@ def train(config: str | Path | dict | None = None, **overrides: Any) -> RunResul
     return train_run(validate(TrainConfig, data, source))
 
 
-def evaluate(model: str | Path | Segmenter, data: str, split: str = "val", batch_size: int = 1,
+def evaluate(model: str | Path | Segmenter, data: str | dict, split: str = "val", batch_size: int = 1,
              device: str = "auto") -> dict:
     """Evaluate a model (a path or a Segmenter) on a dataset split at full resolution, as
     ``edgeseg eval`` does: mIoU, pixel and mean accuracy, per-class IoU, the confusion matrix."""

@@ -16,7 +16,7 @@ from edgeseg.models.quant_spec import QuantizeConfig
 from edgeseg.pipeline.specs import ExportStage, FoldStage, PruneStage, QuantizeStage, ThresholdStage
 
 
-def run_single_stage(kind: str, model: Path, settings: dict, out_path: Path, data: str | None, split: str,
+def run_single_stage(kind: str, model: Path, settings: dict, out_path: Path, data: str | dict | None, split: str,
                      force: bool, train_section: dict | None = None, needs_data: bool = False):
     """A single-step command: validate a one-stage spec, guard the output, and call the stage
     function ``edgeseg run`` calls; the output is marked as this command's."""

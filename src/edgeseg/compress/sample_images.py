@@ -11,14 +11,14 @@ from edgeseg.data.transforms import EvalTransform
 from edgeseg.models.model_dir import read_model_config
 
 
-def real_check_images(model_dir: str | Path, data_spec: str, split: str, count: int,
+def real_check_images(model_dir: str | Path, data_spec: str | dict, split: str, count: int,
                       spread: bool = False) -> list[torch.Tensor]:
     """``count`` images of a dataset split, normalised as ``model_dir`` expects: the first
     ones, or with ``spread`` evenly spaced over the split (calibration sees its variety)."""
     return [image for image, _ in labelled_images(model_dir, data_spec, split, count, spread)]
 
 
-def labelled_images(model_dir: str | Path, data_spec: str, split: str, count: int,
+def labelled_images(model_dir: str | Path, data_spec: str | dict, split: str, count: int,
                     spread: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised image, label map) pairs, as ``real_check_images`` chooses them."""
     config = read_model_config(model_dir)

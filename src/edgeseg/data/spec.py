@@ -137,10 +137,20 @@ def with_group_rule(spec: str, group_by: str) -> DatasetConfig:
     return validate(DatasetConfig, {**parse_spec(spec).model_dump(), "group_by": group_by}, "--group-by")
 
 
-def open_source(spec: str | DatasetConfig) -> DatasetSource:
-    """Discover the dataset a spec names (its classes and splits); reads no pixels yet."""
+def spec_record(spec: str | DatasetConfig) -> str | dict:
+    """``spec`` as config.json and pipelines keep it: a spec string as it is, a dataset
+    mapping (e.g. one holding out a drive) as its JSON form, so checks, calibration and
+    later stages read the same images as training did."""
+    return spec if isinstance(spec, str) else spec.model_dump(mode="json", exclude_defaults=True)
+
+
+def open_source(spec: str | DatasetConfig | dict) -> DatasetSource:
+    """Discover the dataset a spec names (its classes and splits); reads no pixels yet.
+    ``spec``: a spec string, a DatasetConfig, or its mapping (as ``spec_record`` writes)."""
     from edgeseg.data.formats import OPENERS
 
+    if isinstance(spec, dict):
+        spec = validate(DatasetConfig, spec, "data.spec")
     config = parse_spec(spec) if isinstance(spec, str) else spec
     source = OPENERS[config.format](config)
     if hasattr(source, "group_rule"):
@@ -167,7 +177,7 @@ def _with_held_out_group(source, config: DatasetConfig):
     return replace(source, splits=splits, notes=[n for n in source.notes if not n.startswith("no val split")] + [note])
 
 
-def open_dataset(spec: str | DatasetConfig, split: str, transform: Transform | None = None,
+def open_dataset(spec: str | DatasetConfig | dict, split: str, transform: Transform | None = None,
                  cache: bool = False) -> SegmentationDataset:
     """The dataset of one split of ``spec``; every file must exist (DataError otherwise)."""
     return open_source(spec).dataset(split, transform=transform, cache=cache)

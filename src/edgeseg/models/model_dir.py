@@ -38,7 +38,7 @@ class HistoryEntry(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     stage: str = Field(min_length=1)
-    data: str | None = None
+    data: str | dict[str, Any] | None = Field(None, description="the dataset: a spec string or a dataset mapping")
 
 
 class ModelConfig(StrictModel):
@@ -79,7 +79,7 @@ class ModelConfig(StrictModel):
     def class_info(self) -> ClassInfo:
         return ClassInfo(tuple(self.classes), tuple(self.palette), self.ignore_index)
 
-    def trained_on(self) -> str | None:
+    def trained_on(self) -> str | dict[str, Any] | None:
         """The dataset spec of the latest training stage that recorded one."""
         return next((entry.data for entry in reversed(self.history) if entry.data), None)
 

@@ -26,7 +26,7 @@ from edgeseg.models.stride import round_up
 from edgeseg.plots import prune_sensitivity
 
 
-def _fingerprint(source: Path, config: PruneConfig, data: str, split: str) -> str:
+def _fingerprint(source: Path, config: PruneConfig, data: str | dict, split: str) -> str:
     digest = hashlib.sha256((source / WEIGHTS_NAME).read_bytes())
     digest.update(json.dumps([config.criterion, sorted(config.skip), config.scan_ratios, config.scan_images, data,
                               split, config.channel_multiple]).encode())
@@ -41,7 +41,7 @@ def _cached_scan(out: Path, fingerprint: str) -> Sensitivity | None:
         return None
 
 
-def search_allocation(source: Path, config: PruneConfig, out: Path, data: str | None, split: str,
+def search_allocation(source: Path, config: PruneConfig, out: Path, data: str | dict | None, split: str,
                       log: Callable[[str], None]) -> tuple[Allocation, Sensitivity, dict]:
     """Scan (or reuse the scan in ``out``) and share out ``config``'s target; returns the
     allocation, the scan and the metrics the stage records about the search."""

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from edgeseg.data.spec import open_source
+from edgeseg.data.spec import open_source, spec_record
 from edgeseg.errors import ConfigError
 from edgeseg.fileio import atomic_write_json, atomic_write_text, check_output
 from edgeseg.layout import (RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, STAGE_SPEC, STAGES_DIR,
@@ -105,7 +105,7 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
         done = not rerun and (stage_dir / STAGE_METRICS).is_file()
         upstream_ran = upstream_ran or not done
         kind = STAGES[spec.stage]
-        context = StageContext(work_dir=stage_dir, data=base.data.spec if isinstance(base.data.spec, str) else None,
+        context = StageContext(work_dir=stage_dir, data=spec_record(base.data.spec),
                                split=recipe.report.split, size=size, train=recipe.train, log=log)
         output = stage_dir / kind.output_name(spec)
         if main:

@@ -46,7 +46,7 @@ class StageContext:
     """What a stage reads besides its source and spec."""
 
     work_dir: Path  # where a training stage keeps its resumable run
-    data: str | None = None  # dataset spec for checks, calibration and training
+    data: str | dict | None = None  # dataset spec (string or mapping) for checks, calibration and training
     split: str = "val"  # the split checks run on
     size: tuple[int, int] | None = None  # the dataset's image size (export default)
     train: dict[str, Any] = field(default_factory=dict)  # the shared training section
@@ -282,12 +282,12 @@ def finetune_config(train_section: dict[str, Any], ptq_dir: Path, run_root: Path
     return validate(TrainConfig, data, source)
 
 
-def dataset_image_size(data: str, split: str) -> tuple[int, int]:
+def dataset_image_size(data: str | dict, split: str) -> tuple[int, int]:
     """(H, W) of the first image of a dataset split."""
     return tuple(open_dataset(data, split).read(0)[1].shape)
 
 
-def _data_of(source: Path, ctx: StageContext) -> str:
+def _data_of(source: Path, ctx: StageContext) -> str | dict:
     data = ctx.data or read_model_config(source).trained_on()
     if data is None:
         raise ConfigError(f"{source}: no training dataset recorded; pass --data SPEC")

@@ -20,7 +20,7 @@ from edgeseg.models.quant_spec import QuantizationRecord
 from edgeseg.models.quantized import attach_quantizers
 from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
-from edgeseg.data.spec import open_source
+from edgeseg.data.spec import open_source, spec_record
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainTransform
 from edgeseg.errors import ConfigError, EdgesegError
 from edgeseg.evaluation import evaluate
@@ -92,8 +92,7 @@ def build_model(config: TrainConfig, classes, val_set) -> tuple[torch.nn.Module,
     the model directory's architecture, arguments, folded-BN state and weights are taken as
     they are, and this run is appended to its history."""
     input_size = tuple(config.augment.crop) if config.augment.crop else tuple(val_set.read(0)[1].shape)
-    spec = config.data.spec if isinstance(config.data.spec, str) else None
-    stage = {"stage": "train", "config": config.name, "data": spec}
+    stage = {"stage": "train", "config": config.name, "data": spec_record(config.data.spec)}
     channels = "gray" if getattr(val_set, "channels", "rgb") == "gray" else "rgb"
     if config.model.init_from is None:
         model = create_model(config.model.name, classes.num_classes, **config.model.args)
