@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import re
 from pathlib import Path
-import inspect
 from typing import Any, TypeVar, get_args, get_origin
 
 import yaml

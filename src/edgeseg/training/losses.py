@@ -32,9 +32,10 @@ class HardPixelCrossEntropy(torch.nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        per_pixel = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none")
+        log_p = F.log_softmax(logits.float(), 1)
         labelled = labels != self.ignore_index
+        true_class = labels.masked_fill(~labelled, 0).unsqueeze(1)
+        per_pixel = -log_p.gather(1, true_class).squeeze(1) * labelled
         kept = labelled & (per_pixel > self.max_hard_loss)
         wanted = int(self.min_kept * int(labelled.sum()))
         if int(kept.sum()) < wanted:
@@ -42,11 +43,10 @@ class HardPixelCrossEntropy(torch.nn.Module):
             largest = torch.topk(candidates, wanted, sorted=False).indices
             kept = torch.zeros_like(kept).flatten().index_fill_(0, largest, True).view_as(kept)
         pixel_weight = kept.to(per_pixel.dtype)
-        if self.label_smoothing:
-            per_pixel = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="none",
-                                        label_smoothing=self.label_smoothing)
+        if self.label_smoothing:  # hardness was judged above; the kept pixels learn smoothed targets
+            per_pixel = (1 - self.label_smoothing) * per_pixel - self.label_smoothing * log_p.mean(1) * labelled
         if self.weight is not None:
-            pixel_weight = pixel_weight * self.weight[labels.masked_fill(~labelled, 0)]
+            pixel_weight = pixel_weight * self.weight[true_class.squeeze(1)]
         return (per_pixel * pixel_weight).sum() / pixel_weight.sum().clamp_min(1e-12)
 
 
