@@ -121,6 +121,28 @@ def test_report_embeds_the_stage_pictures_by_links_that_exist(tmp_path):
     assert "![" not in report_markdown(report)  # no pictures asked for, none shown
 
 
+def test_the_class_check_names_each_class_that_fell_too_far_below_the_first_stage():
+    from edgeseg.pipeline.report import build_report, report_markdown
+
+    base = {key: 0 for key in ("miou", "pixel_acc", "mean_acc", "sparsity", "params", "macs", "effective_macs",
+                               "size_bytes", "gzip_bytes")}
+    ious = [{"road": 0.90, "car": 0.50, "sky": 0.80, "sign": None},
+            {"road": 0.86, "car": 0.30, "sky": None, "sign": 0.10},   # car -20, road -4: only car is named
+            {"road": 0.80, "car": 0.49, "sky": 0.72, "sign": 0.00}]   # road -10, then sky -8
+    rows = [{"dir": f"0{i + 1}-s", "kind": "train", "seconds": 1.0, "measurements": {**base, "per_class_iou": iou}}
+            for i, iou in enumerate(ious)]
+    latency = {"latency_ms": 1.0, "latency_ms_p90": 1.0, "threads": 1, "size": [8, 8]}
+    report = build_report("tiny", rows, {row["dir"]: latency for row in rows}, "val", "x", max_class_drop=0.05)
+    assert list(report["stages"][1]["class_drops"]) == ["car"]
+    assert report["stages"][1]["class_drops"]["car"] == pytest.approx(0.20)
+    assert report["stages"][2]["class_drops"] == pytest.approx({"road": 0.10, "sky": 0.08})
+    markdown = report_markdown(report)
+    assert "- 02-s: 1 class(es) fell more than 5.0 points below 01-s: car 50.0 -> 30.0" in markdown
+    assert "- 03-s: 2 class(es) fell more than 5.0 points below 01-s: road 90.0 -> 80.0, sky 80.0 -> 72.0" in markdown
+    lenient = build_report("tiny", rows, {row["dir"]: latency for row in rows}, "val", "x", max_class_drop=0.25)
+    assert "- 02-s: no class fell more than 25.0 points below 01-s" in report_markdown(lenient)
+
+
 def test_only_drawing_imports_matplotlib():
     import subprocess
     import sys

@@ -86,6 +86,11 @@ def test_killed_pipeline_resumes_and_reports_every_stage(tmp_path):
         assert row["delta_first"]["latency_ms"] == pytest.approx(row["latency_ms"] - report["stages"][0]["latency_ms"])
     markdown = (out / "report.md").read_text()
     assert all(f"| {name} |" in markdown for name in stages)
+    for row in report["stages"][1:]:  # the class check judged every later stage against the dense one
+        fell = [c for c, iou in row["per_class_iou"].items()
+                if iou is not None and stages["01-dense"]["per_class_iou"][c] - iou > report["max_class_drop"]]
+        assert sorted(row["class_drops"]) == sorted(fell)
+        assert f"- {row['stage']}: " in markdown.split("Class check:")[1]
     links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)  # each stage's pictures, relative to report.md
     assert "stages/02-l1/run/curves.png" in links and "stages/05-fold/confusion.png" in links
     assert all((out / link).is_file() for link in links)

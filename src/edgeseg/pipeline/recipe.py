@@ -43,6 +43,10 @@ class ReportSection(StrictModel):
     size: tuple[int, int] | None = Field(None, description="latency input (H, W); default: the split's first image")
     latency_runs: int = Field(20, ge=1)
     device: str = Field("auto", description="where evaluation runs; latency is always measured on the CPU")
+    max_class_drop: float = Field(
+        0.05, ge=0, le=1, description="the class check: a stage whose IoU on some class fell more than this "
+                                      "(a fraction: 0.05 = 5 points) below the first stage's is named in the "
+                                      "log and the report")
 
 
 class Recipe(StrictModel):

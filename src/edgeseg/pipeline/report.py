@@ -20,6 +20,7 @@ from edgeseg.plots import confusion
 from edgeseg.predict.predictors import load_predictor
 
 
+DEFAULT_MAX_CLASS_DROP = 0.05  # IoU, as a fraction
 DELTA_KEYS = ("miou", "pixel_acc", "sparsity", "params", "macs", "effective_macs", "size_bytes", "gzip_bytes",
               "latency_ms")
 
@@ -65,9 +66,12 @@ def machine() -> dict:
             "edgeseg": __version__}
 
 
-def build_report(name: str, rows: list[dict], latencies: dict[str, dict], split: str, command: str) -> dict:
+def build_report(name: str, rows: list[dict], latencies: dict[str, dict], split: str, command: str,
+                 max_class_drop: float = DEFAULT_MAX_CLASS_DROP) -> dict:
     """report.json: the stages in order, each with its measurements, its latency from the
-    side-by-side timing, and deltas against the stage before it and the first stage."""
+    side-by-side timing, deltas against the stage before it and the first stage, and
+    ``class_drops``: the classes whose IoU fell more than ``max_class_drop`` below the first
+    stage's, largest first (a compression step that sacrifices one class for the mean)."""
     stages = []
     for row in rows:
         latency = latencies[row["dir"]]
@@ -77,8 +81,34 @@ def build_report(name: str, rows: list[dict], latencies: dict[str, dict], split:
     for index, entry in enumerate(stages[1:], 1):
         for label, other in (("delta_prev", stages[index - 1]), ("delta_first", stages[0])):
             entry[label] = {key: entry[key] - other[key] for key in DELTA_KEYS}
+        entry["class_drops"] = class_drops(stages[0]["per_class_iou"], entry["per_class_iou"], max_class_drop)
     return {"recipe": name, "split": split, "command": command, "machine": machine(),
-            "latency_size": next(iter(latencies.values()))["size"], "stages": stages}
+            "latency_size": next(iter(latencies.values()))["size"], "max_class_drop": max_class_drop,
+            "stages": stages}
+
+
+def class_drops(first: dict[str, float | None], current: dict[str, float | None], limit: float) -> dict[str, float]:
+    """Class -> IoU fall (first - current) for the classes that fell more than ``limit``,
+    largest first; classes absent from the split (IoU None) are not judged."""
+    drops = {name: first[name] - iou for name, iou in current.items()
+             if iou is not None and first.get(name) is not None and first[name] - iou > limit}
+    return dict(sorted(drops.items(), key=lambda item: -item[1]))
+
+
+def class_drop_lines(report: dict) -> list[str]:
+    """One line per stage after the first: the classes that fell too far, or that none did."""
+    first, limit = report["stages"][0], 100 * report.get("max_class_drop", DEFAULT_MAX_CLASS_DROP)
+    lines = []
+    for s in report["stages"][1:]:
+        drops = s.get("class_drops", {})
+        if drops:
+            shown = ", ".join(f"{name} {100 * first['per_class_iou'][name]:.1f} -> {100 * s['per_class_iou'][name]:.1f}"
+                              for name in drops)
+            lines.append(f"{s['stage']}: {len(drops)} class(es) fell more than {limit:.1f} points below "
+                         f"{first['stage']}: {shown}")
+        else:
+            lines.append(f"{s['stage']}: no class fell more than {limit:.1f} points below {first['stage']}")
+    return lines
 
 
 def _signed(value: float, scale: float = 100, digits: int = 2) -> str:
@@ -140,6 +170,8 @@ def report_markdown(report: dict, pictures: dict[str, list[tuple[str, str]]] | N
     for s in report["stages"]:
         cells = ["-" if s["per_class_iou"][c] is None else f"{100 * s['per_class_iou'][c]:.1f}" for c in classes]
         lines.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    if len(report["stages"]) > 1:
+        lines += ["", "Class check:", ""] + [f"- {line}" for line in class_drop_lines(report)]
     if any((pictures or {}).values()):
         lines += ["", "## Pictures"]
     for stage, shown in (pictures or {}).items():

@@ -36,7 +36,8 @@ from edgeseg.layout import (RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, 
                             TRAIN_STATE)
 from edgeseg.models.model_dir import read_model_config
 from edgeseg.pipeline.recipe import Recipe
-from edgeseg.pipeline.report import build_report, measure_latencies, measure_model_dir, report_markdown, stage_pictures
+from edgeseg.pipeline.report import (build_report, class_drop_lines, measure_latencies, measure_model_dir,
+                                     report_markdown, stage_pictures)
 from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, TrainStage, run_stage,
                                      stage_train_config)
 from edgeseg.runtime import resolve_device
@@ -128,7 +129,10 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
         return None
     log(f"timing {len(models)} models side by side at {size[0]}x{size[1]}")
     latencies = measure_latencies(models, size, recipe.report.latency_runs)
-    report = build_report(recipe.name, rows, latencies, recipe.report.split, command)
+    report = build_report(recipe.name, rows, latencies, recipe.report.split, command, recipe.report.max_class_drop)
+    for stage, line in zip(report["stages"][1:], class_drop_lines(report)):
+        if stage["class_drops"]:
+            log(f"class check: {line}")
     atomic_write_json(out / REPORT_JSON, report)
     atomic_write_text(out / REPORT_MD, report_markdown(report, stage_pictures(out, rows, recipe.report.split)))
     return report
