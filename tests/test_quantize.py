@@ -204,17 +204,20 @@ def test_quantizing_twice_or_unfoldable_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_quantization_aware_finetuning_trains_the_quantized_model_with_frozen_zeros(tmp_path):
+    from edgeseg.layout import LAST_DIR, STAGE_RUN, WEIGHTS_NAME
     from edgeseg.pipeline.specs import QuantizeStage
     from edgeseg.pipeline.stages import StageContext, run_stage
 
     source = float_model_dir(tmp_path / "float")
-    finetune = {"epochs": 1, "batch_size": 2, "augment": {"crop": [64, 96]}, "data": {"num_workers": 0},
+    finetune = {"epochs": 2, "batch_size": 2, "augment": {"crop": [64, 96]}, "data": {"num_workers": 0},
                 "tensorboard": False}
     quant = QuantizeConfig(scheme="power-of-two", stochastic_rounding=True, calibration_batches=2)
-    spec = QuantizeStage(quantization=quant, train=finetune)
+    spec = QuantizeStage(quantization=quant, train=finetune, keep="last")
     context = StageContext(work_dir=tmp_path / "work", data=SPEC, log=lambda _: None)
     details = run_stage(spec, source, tmp_path / "qat", context).metrics
-    assert details["finetune_epochs"] == 1 and 0 <= details["best_val_miou"] <= 1
+    assert details["finetune_epochs"] == 2 and 0 <= details["best_val_miou"] <= 1 and details["kept"] == "last"
+    last = tmp_path / "work" / STAGE_RUN / LAST_DIR / WEIGHTS_NAME  # handed on whatever the scored split said
+    assert (tmp_path / "qat" / WEIGHTS_NAME).read_bytes() == last.read_bytes()
     ptq = load_model_dir(tmp_path / "work" / "ptq").model
     qat = load_model_dir(tmp_path / "qat")
     assert qat.config.quantization is not None and qat.config.batchnorm_folded

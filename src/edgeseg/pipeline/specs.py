@@ -55,6 +55,9 @@ class QuantizeStage(StrictModel):
     train: dict[str, Any] | None = Field(
         None, description="quantization-aware fine-tuning: overrides of the recipe's train section over "
                           "5 epochs at lr 1e-5 (absent: calibration only)")
+    keep: Literal["best", "last"] = Field(
+        "best", description="the fine-tuned model handed on: best val mIoU, or the last epoch (choose 'last' "
+                            "when val is the held-out data the report scores, so nothing is picked on it)")
 
 
 class ExportStage(StrictModel):

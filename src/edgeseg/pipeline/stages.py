@@ -73,17 +73,23 @@ def run_training(source: Path | None, spec: TrainStage, out: Path, ctx: StageCon
     result = train(config, resume_dir=resume, log=ctx.log)
     if not result.is_main:  # under torchrun rank 0 alone writes
         return StageResult(out, None, {"stage": spec.stage})
-    if spec.kept == "best":
-        atomic_replace_dir(lambda tmp: shutil.copytree(run_dir / BEST_DIR, tmp, dirs_exist_ok=True), out)
-    else:
-        def build(tmp: Path) -> None:
-            shutil.copy2(run_dir / BEST_DIR / CONFIG_NAME, tmp / CONFIG_NAME)
-            shutil.copy2(run_dir / LAST_DIR / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        atomic_replace_dir(build, out)
+    hand_on(run_dir, spec.kept, out)
     epochs = read_metrics_csv(run_dir / METRICS_CSV)
     return StageResult(out, None, {
         "stage": spec.stage, "epochs": len(epochs), "kept": spec.kept, "best_val_miou": result.best_miou,
         "resumed": resume is not None, "train_seconds": sum(float(row["epoch_seconds"]) for row in epochs)})
+
+
+def hand_on(run_dir: Path, kept: str, out: Path) -> None:
+    """``out`` becomes the run's best model, or its last epoch's weights ("last")."""
+    if kept == "best":
+        atomic_replace_dir(lambda tmp: shutil.copytree(run_dir / BEST_DIR, tmp, dirs_exist_ok=True), out)
+        return
+
+    def build(tmp: Path) -> None:
+        shutil.copy2(run_dir / BEST_DIR / CONFIG_NAME, tmp / CONFIG_NAME)
+        shutil.copy2(run_dir / LAST_DIR / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+    atomic_replace_dir(build, out)
 
 
 def run_threshold(source: Path, spec: ThresholdStage, out: Path, ctx: StageContext) -> StageResult:
@@ -148,9 +154,10 @@ def run_quantize(source: Path, spec: QuantizeStage, out: Path, ctx: StageContext
     run_dir = ctx.work_dir / config.name
     resume = _resumable(run_dir)
     result = train(config, resume_dir=resume, log=ctx.log)
-    atomic_replace_dir(lambda tmp: shutil.copytree(run_dir / BEST_DIR, tmp, dirs_exist_ok=True), out)
+    hand_on(run_dir, spec.keep, out)
     epochs = read_metrics_csv(run_dir / METRICS_CSV)
-    return StageResult(out, None, {**metrics, "finetune_epochs": len(epochs), "best_val_miou": result.best_miou,
+    return StageResult(out, None, {**metrics, "finetune_epochs": len(epochs), "kept": spec.keep,
+                                   "best_val_miou": result.best_miou,
                                    "train_seconds": sum(float(row["epoch_seconds"]) for row in epochs)})
 
 
