@@ -154,6 +154,27 @@ def test_recipe_mistakes_fail_before_any_work(tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == ["01-dense", "metrics.json", "spec.json", "stages"]
 
 
+def test_a_stage_distils_from_the_model_an_earlier_stage_handed_on(tmp_path):
+    def recipe_with(teacher, export_first=False):
+        stages = {"dense": {"stage": "train", "train": {"epochs": 1}}}
+        if export_first:
+            stages["onnx"] = {"stage": "export"}
+        stages["slim"] = {"stage": "l1", "train": {"epochs": 1, "distill": {"teacher": teacher, "temperature": 2.0}}}
+        return write_recipe(tmp_path, stages=stages)
+
+    unknown = "names no earlier stage that hands on a model (earlier: dense)"
+    for teacher, export_first in [("stage:slim", False), ("stage:densse", False), ("stage:onnx", True)]:
+        with pytest.raises(ConfigError, match=re.escape(f"stages.slim.train.distill.teacher: '{teacher}' {unknown}")):
+            load_recipe(recipe_with(teacher, export_first))
+    path = recipe_with("stage:dense")
+    dense_model = tmp_path / "pipeline" / "stages" / "01-dense" / "model"
+    assert load_recipe(path)[1]["slim"].train["distill"]["teacher"] == str(dense_model)
+    run_cli("run", str(path), check=True)
+    trained = yaml.safe_load((tmp_path / "pipeline" / "stages" / "02-slim" / "run" / "config.yaml").read_text())
+    assert trained["distill"] == {"teacher": str(dense_model), "temperature": 2.0, "weight": 1.0}
+    assert dense_model.is_dir()
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
     recipe, stages = load_recipe(path)

@@ -20,7 +20,8 @@ freezes the zeros it starts with (the seed's WEIGHT_DISCONNECTED_ELTWISE). ``qua
 calibrates (and with ``train:`` fine-tunes) a quantized model; ``export`` writes the ONNX
 file or bundle and hands its input model on unchanged. ``prune`` removes (or with
 ``soft: true`` zeroes) the least important filters of every layer; a training stage after it
-fine-tunes, and repeated prune + train stages prune iteratively.
+fine-tunes, and repeated prune + train stages prune iteratively. ``distill: {teacher:
+"stage:NAME"}`` in a train section distils from the model the earlier stage NAME handed on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from pydantic import Field
 
 from edgeseg.errors import ConfigError
+from edgeseg.layout import STAGE_MODEL, STAGES_DIR
 from edgeseg.pipeline.specs import QuantizeStage, Stage, TrainStage
 from edgeseg.pipeline.stages import STAGES, finetune_config, finetune_section, stage_train_config
 from edgeseg.schema import StrictModel, load_yaml, validate
@@ -60,6 +62,31 @@ class Recipe(StrictModel):
     @property
     def directory(self) -> Path:
         return self.out_dir or Path("pipelines") / self.name
+
+
+def stage_directory(recipe: Recipe, index: int, name: str) -> Path:
+    """Where the stage at 1-based ``index`` keeps its work and its output."""
+    return recipe.directory / STAGES_DIR / f"{index:02d}-{name}"
+
+
+def resolve_teachers(recipe: Recipe, stages: dict[str, Stage], source: str) -> dict[str, Stage]:
+    """``distill.teacher: stage:NAME`` in a stage's train section becomes the model that the
+    earlier stage NAME hands on (distilling a compressed model from its own dense parent)."""
+    resolved, earlier = {}, {}
+    for index, (name, spec) in enumerate(stages.items(), 1):
+        distill = (getattr(spec, "train", None) or {}).get("distill")
+        teacher = distill.get("teacher") if isinstance(distill, dict) else None
+        if isinstance(teacher, str) and teacher.startswith("stage:"):
+            wanted = teacher.removeprefix("stage:")
+            if wanted not in earlier:
+                raise ConfigError(f"{source}: stages.{name}.train.distill.teacher: '{teacher}' names no earlier "
+                                  f"stage that hands on a model (earlier: {', '.join(earlier) or 'none'})")
+            train = {**spec.train, "distill": {**distill, "teacher": str(earlier[wanted])}}
+            spec = spec.model_copy(update={"train": train})
+        resolved[name] = spec
+        if not STAGES[spec.stage].hands_on_source:
+            earlier[name] = stage_directory(recipe, index, name) / STAGE_MODEL
+    return resolved
 
 
 def parse_stage(name: str, body: Any, source: str) -> Stage:
@@ -92,7 +119,8 @@ def check_recipe(raw: dict, source: str) -> tuple[Recipe, dict[str, Stage]]:
     validate(TrainConfig, recipe.train, f"{source}: train")
     if not recipe.stages:
         raise ConfigError(f"{source}: 'stages' is empty")
-    stages = {name: parse_stage(name, body, source) for name, body in recipe.stages.items()}
+    stages = resolve_teachers(recipe, {name: parse_stage(name, body, source) for name, body in recipe.stages.items()},
+                              source)
     first_name, first = next(iter(stages.items()))
     if recipe.start is None and STAGES[first.stage].needs_model:
         raise ConfigError(f"{source}: stages.{first_name}: a '{first.stage}' stage needs a model; "

@@ -35,7 +35,7 @@ from edgeseg.fileio import atomic_write_json, atomic_write_text, check_output
 from edgeseg.layout import (RECIPE_FILE, REPORT_JSON, REPORT_MD, STAGE_METRICS, STAGE_SPEC, STAGES_DIR,
                             TRAIN_STATE)
 from edgeseg.models.model_dir import read_model_config
-from edgeseg.pipeline.recipe import Recipe
+from edgeseg.pipeline.recipe import Recipe, stage_directory
 from edgeseg.pipeline.report import (build_report, class_drop_lines, measure_latencies, measure_model_dir,
                                      report_markdown, stage_pictures)
 from edgeseg.pipeline.stages import (STAGES, Stage, StageContext, StageResult, TrainStage, run_stage,
@@ -74,7 +74,7 @@ def _run(recipe: Recipe, stages: dict[str, Stage], command: str, log: Log, proce
         start_settings = {"stage": "start", "model": recipe.start, "report_split": recipe.report.split}
         plan.append((out / STAGES_DIR / "00-start", start_settings, None, "start"))
     for index, (name, spec) in enumerate(stages.items(), 1):
-        stage_dir = out / STAGES_DIR / f"{index:02d}-{name}"
+        stage_dir = stage_directory(recipe, index, name)
         plan.append((stage_dir, stage_settings(recipe, name, spec, stage_dir), spec, name))
     for stage_dir, settings, spec, _ in plan:
         _check_unchanged(stage_dir, settings, spec)
