@@ -179,3 +179,30 @@ def test_folds_with_seeds_average_each_fold_over_its_seeds(tmp_path):
     assert result["std_miou"] == pytest.approx(np.std(list(per_fold.values()), ddof=1))
     assert result["ordinary_miou"] is None and "clipa: mean over seeds" in proc.stdout
     assert "--seeds: expected whole numbers" in error_line(run_cli_here("folds", str(config), "--seeds", "1,x"))
+
+
+def test_train_split_joins_splits_for_a_final_model_and_folds_score_it_without_them(tmp_path):
+    from edgeseg.training.config import load_train_config
+    from edgeseg.training.folds import fold_config
+    from edgeseg.training.loop import read_metrics_csv, train
+
+    root = grouped_folder(tmp_path / "d")
+    source = open_source(f"folder:{root}")
+    joined = [s.name for s in source.dataset("train+val").samples]
+    assert joined == [s.name for s in source.splits["train"]] + [s.name for s in source.splits["val"]]
+    for bad, message in (("train+test", "no split 'test'"), ("train++val", "empty split name"),
+                         ("val+val", "named twice")):
+        with pytest.raises(DataError, match=message):
+            source.dataset(bad)
+
+    # 7 train + 2 val images: a batch of 9 exists only when the val images are trained on too
+    config = load_train_config(tiny_folds_config(tmp_path, root, batch_size=9, name="final"),
+                               ["data.train_split=train+val"])
+    lines = []
+    result = train(config, log=lines.append)
+    assert int(read_metrics_csv(result.run_dir / "metrics.csv")[-1]["step"]) == 1
+    assert any("holds the val split's images (val): val mIoU is no held-out measure" in line for line in lines)
+    assert fold_config(config, None).data.train_split == "train"  # the ordinary score counts no trained image
+    assert fold_config(config, "clipa").data.train_split == "train"
+    with pytest.raises(ConfigError, match="nothing is left to train the ordinary run on"):
+        fold_config(config.model_copy(update={"data": config.data.model_copy(update={"train_split": "val"})}), None)

@@ -136,9 +136,13 @@ class FileSource:
         return list(self.splits)
 
     def samples(self, split: str) -> list[Sample]:
-        if split not in self.splits:
-            raise DataError(f"{self.spec}: no split '{split}' (available: {', '.join(self.splits) or 'none'})")
-        return self.splits[split]
+        """The samples of ``split``; ``train+val`` is the two splits' samples, in that order."""
+        samples = []
+        for part in split_parts(split):
+            if part not in self.splits:
+                raise DataError(f"{self.spec}: no split '{part}' (available: {', '.join(self.splits) or 'none'})")
+            samples += self.splits[part]
+        return samples
 
     def dataset(self, split: str, transform: Transform | None = None, cache: bool = False,
                 check_files: bool = True) -> FileDataset:
@@ -155,6 +159,16 @@ class FileSource:
                     more = f" (and {len(odd) - 1} more odd files)" if len(odd) > 1 else ""
                     raise DataError(odd[0][1] + more)
         return FileDataset(samples, self.coding, self.classes, split, transform, cache, self.channels)
+
+
+def split_parts(split: str) -> list[str]:
+    """The split names of a split expression: ``train+val`` -> [train, val] (each at most once)."""
+    parts = [part.strip() for part in split.split("+")]
+    if any(not part for part in parts):
+        raise DataError(f"split '{split}': an empty split name (join splits as train+val)")
+    if len(set(parts)) < len(parts):
+        raise DataError(f"split '{split}': a split is named twice")
+    return parts
 
 
 def odd_sizes(splits: dict[str, list[Sample]],

@@ -80,7 +80,8 @@ class DistillSection(StrictModel):
 
 class DataSection(StrictModel):
     spec: str | DatasetConfig = Field("synthetic", description="a dataset spec string or a dataset mapping")
-    train_split: str = "train"
+    train_split: str = Field("train", description="the split trained on; train+val joins splits (a final model "
+                                                   "on every labelled image: val then measures trained images)")
     val_split: str = "val"
     cache: bool = Field(True, description="keep decoded images in memory")
     num_workers: int = Field(2, ge=0)

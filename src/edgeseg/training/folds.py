@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeseg.data.dataset import split_parts
 from edgeseg.data.groups import pooled_groups
 from edgeseg.data.spec import DatasetConfig, open_source, parse_spec
 from edgeseg.errors import ConfigError
@@ -96,6 +97,13 @@ def fold_config(config: TrainConfig, group: str | None, seed: int | None = None)
     if group is not None:
         data["data"]["spec"] = {**dataset_config(config).model_dump(mode="json"), "holdout_group": group}
         data["data"]["train_split"], data["data"]["val_split"] = "train", "val"
+    else:  # a final-model config trains on train+val; its ordinary score must not count trained images
+        val_parts = split_parts(config.data.val_split)
+        kept = [part for part in split_parts(config.data.train_split) if part not in val_parts]
+        if not kept:
+            raise ConfigError(f"data.train_split '{config.data.train_split}': nothing is left to train the ordinary "
+                              f"run on once the val split is taken out (or run with --no-ordinary)")
+        data["data"]["train_split"] = "+".join(kept)
     return validate(TrainConfig, data, f"fold {group or ORDINARY_RUN}")
 
 

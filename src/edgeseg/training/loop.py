@@ -19,6 +19,7 @@ from edgeseg.compress.quant.graph import low_bit_layout
 from edgeseg.models.quant_spec import QuantizationRecord
 from edgeseg.models.quantized import attach_quantizers
 from edgeseg.compress.sparsity import SparsityControl, conv_layers, zero_fractions
+from edgeseg.data.dataset import split_parts
 from edgeseg.data.doctor import PaletteCheck, check_split, class_weights
 from edgeseg.data.spec import open_source, spec_record
 from edgeseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainTransform
@@ -279,6 +280,11 @@ def _train(config: TrainConfig, resume_dir: Path | None, log, process: distribut
     val_set = source.dataset(config.data.val_split, cache=config.data.cache)
     check_split_sizes(config, train_set, process.world_size)
     check_val_split(val_set, config.data.val_split)
+    trained_on_val = set(split_parts(config.data.train_split)) & set(split_parts(config.data.val_split))
+    if trained_on_val:
+        log(f"data: train_split '{config.data.train_split}' holds the val split's images "
+            f"({', '.join(sorted(trained_on_val))}): val mIoU is no held-out measure and best/ is chosen on trained "
+            f"images; deploy last/ and judge the recipe on held-out groups (edgeseg folds)")
     if config.data.cache and config.data.num_workers > 0:
         train_set.preload()
     model, model_config = build_model(config, classes, val_set)
