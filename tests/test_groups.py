@@ -194,6 +194,8 @@ def test_train_split_joins_splits_for_a_final_model_and_folds_score_it_without_t
                          ("val+val", "named twice")):
         with pytest.raises(DataError, match=message):
             source.dataset(bad)
+    with pytest.raises(DataError, match="joined with '\\+' need a dataset read from files"):
+        open_source("synthetic:8").dataset("train+val")
 
     # 7 train + 2 val images: a batch of 9 exists only when the val images are trained on too
     config = load_train_config(tiny_folds_config(tmp_path, root, batch_size=9, name="final"),

@@ -201,7 +201,8 @@ class SyntheticSource:
     def dataset(self, split: str, transform: Transform | None = None, cache: bool = False,
                 check_files: bool = True) -> SyntheticDataset:
         if split not in SPLIT_CODES:
-            raise DataError(f"{self.spec}: no split '{split}' (available: {', '.join(SPLIT_CODES)})")
+            joined = " (splits joined with '+' need a dataset read from files)" if "+" in split else ""
+            raise DataError(f"{self.spec}: no split '{split}' (available: {', '.join(SPLIT_CODES)}){joined}")
         return SyntheticDataset(split, self.split_size(split), self.height, self.width, self.seed,
                                 transform, cache)
 
